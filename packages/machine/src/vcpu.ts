@@ -1,0 +1,170 @@
+/**
+ * vcpu.ts — owns one vCPU as the main thread sees it: its worker thread, its control line
+ * (run/park/exit, doorbell, tid, step counter), the host message channel to its guest code
+ * and the channel on which it publishes its device slot at every park. Nothing here blocks
+ * the main event loop: parking is awaited with Atomics.waitAsync.
+ */
+import { MessageChannel, Worker, receiveMessageOnPort, type MessagePort, type TransferListItem } from 'node:worker_threads';
+import { Cmd, ControlLine, State, TID, CMD, STATE, type ControlBuffers } from './control.js';
+import type { BlockInfo } from './ram-block.js';
+
+/** What a vCPU worker starts with (structured-cloned; ports transferred). */
+export interface VcpuWorkerData {
+  index: number;
+  count: number;
+  buffers: ControlBuffers;
+  guestUrl: string;
+  config: unknown;
+  blocks: BlockInfo[];
+  fresh: boolean;
+  device: unknown;
+  hostPort: MessagePort;
+  devicePort: MessagePort;
+}
+
+/** An error raised by (or about) a vCPU worker. */
+export class VcpuError extends Error {
+  constructor(readonly vcpu: number, message: string, options?: { cause?: unknown }) {
+    super(`vCPU ${vcpu}: ${message}`, options);
+    this.name = 'VcpuError';
+  }
+}
+
+export interface VcpuHooks {
+  /** A crash, an unexpected exit or a failed start. */
+  onError(err: VcpuError): void;
+  /** A message the guest code sent with ctx.send(). */
+  onMessage(message: unknown): void;
+}
+
+export class Vcpu {
+  readonly line: ControlLine;
+  private worker: Worker | null = null;
+  /** Main-side ends of the two channels; the worker gets the other ends at spawn. */
+  private readonly host = new MessageChannel();
+  private readonly device = new MessageChannel();
+  private tidValue = 0;
+  private exitedFlag = false;
+  private exiting = false;
+  private slot: unknown;
+  private hasSlot = false;
+
+  constructor(readonly index: number, buffers: ControlBuffers, private readonly hooks: VcpuHooks) {
+    this.line = new ControlLine(buffers, index);
+    this.host.port1.on('message', (m: unknown) => hooks.onMessage(m));
+    this.host.port1.unref();
+  }
+
+  get tid(): number {
+    return this.tidValue;
+  }
+
+  get exited(): boolean {
+    return this.exitedFlag;
+  }
+
+  /** Spawns the worker; resolves once the guest's init ran and the vCPU is running. */
+  spawn(data: Omit<VcpuWorkerData, 'index' | 'buffers' | 'hostPort' | 'devicePort'>, buffers: ControlBuffers): Promise<void> {
+    if (this.worker) throw new Error(`vCPU ${this.index} already spawned`);
+    if (!data.fresh) this.setSlot(data.device);
+    this.line.set(CMD, Cmd.RUN);
+    this.line.set(STATE, State.STARTING);
+    const workerData: VcpuWorkerData = {
+      ...data,
+      index: this.index,
+      buffers,
+      hostPort: this.host.port2,
+      devicePort: this.device.port2,
+    };
+    const worker = new Worker(new URL('./vcpu-worker.js', import.meta.url), {
+      workerData,
+      transferList: [this.host.port2, this.device.port2],
+    });
+    this.worker = worker;
+    return new Promise<void>((resolve, reject) => {
+      let ready = false;
+      let reported = false;
+      worker.on('message', (m: { type?: string; tid?: number }) => {
+        if (m?.type === 'ready') {
+          this.tidValue = m.tid ?? this.line.load(TID);
+          ready = true;
+          resolve();
+        }
+      });
+      worker.on('error', (e: unknown) => {
+        const err = new VcpuError(this.index, e instanceof Error ? e.message : String(e), { cause: e });
+        if (e instanceof Error && e.stack) err.stack = `${err.name}: ${err.message}\n(in the worker) ${e.stack}`;
+        reported = true;
+        this.hooks.onError(err);
+        if (!ready) reject(err);
+      });
+      worker.on('exit', (code) => {
+        this.exitedFlag = true;
+        // Whoever waits for this vCPU to park must not wait for a thread that is gone.
+        this.line.set(STATE, State.EXITED);
+        if (!this.exiting) {
+          const err = new VcpuError(this.index, `worker exited unexpectedly (code ${code})`);
+          if (!reported) this.hooks.onError(err);
+          reported = true;
+          if (!ready) reject(err);
+        }
+      });
+    });
+  }
+
+  /** Asks the vCPU to park at its next safe point. */
+  requestStop(): void {
+    this.line.set(CMD, Cmd.STOP);
+    this.line.ring();
+  }
+
+  /** Resolves once the vCPU is parked (or gone). */
+  async parked(): Promise<void> {
+    await this.line.waitChange(STATE, State.RUNNING);
+  }
+
+  resume(): void {
+    this.line.set(CMD, Cmd.RUN);
+  }
+
+  /** Queues a host message for the guest code and wakes the vCPU if it idles. */
+  post(message: unknown, transfer?: readonly TransferListItem[]): void {
+    this.host.port1.postMessage(message, transfer);
+    this.line.ring();
+  }
+
+  /** Takes the device slot published at the latest park (keeps the previous one if none). */
+  drainSlot(): void {
+    for (;;) {
+      const m = receiveMessageOnPort(this.device.port1);
+      if (!m) break;
+      this.setSlot(m.message);
+    }
+  }
+
+  private setSlot(v: unknown): void {
+    this.slot = v;
+    this.hasSlot = true;
+  }
+
+  /** The latest device slot, if the vCPU ever parked or was loaded. */
+  get deviceSlot(): { value: unknown } | undefined {
+    return this.hasSlot ? { value: this.slot } : undefined;
+  }
+
+  steps(): number {
+    return this.line.steps();
+  }
+
+  /** Ends the worker (asks it to exit, then terminates it) and closes the channels. */
+  async terminate(): Promise<void> {
+    this.exiting = true;
+    if (this.worker && !this.exitedFlag) {
+      this.line.set(CMD, Cmd.EXIT);
+      this.line.ring();
+      await this.worker.terminate();
+    }
+    this.host.port1.close();
+    this.device.port1.close();
+  }
+}
