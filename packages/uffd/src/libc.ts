@@ -17,10 +17,13 @@ export const c = {
     nr: number, a1: number, a2: number, a3: number, a4: number, a5: number, a6: number) => number,
   ioctlPtr: lib.func('int ioctl(int fd, unsigned long req, void *arg)') as (fd: number, req: number, arg: Buffer) => number,
   ioctlInt: lib.func('int ioctl(int fd, unsigned long req, unsigned long arg)') as (fd: number, req: number, arg: number) => number,
+  /** ioctl with the argument struct given by address (a preallocated stable buffer): no per-call marshalling. */
+  ioctlAddr: lib.func('int ioctl(int fd, unsigned long req, intptr_t arg)') as (fd: number, req: number, arg: number) => number,
   open: lib.func('int open(const char *path, int flags, int mode)') as (path: string, flags: number, mode: number) => number,
   close: lib.func('int close(int fd)') as (fd: number) => number,
   read: lib.func('intptr_t read(int fd, void *buf, size_t len)') as (fd: number, buf: Buffer, len: number) => number,
   readAddr: lib.func('intptr_t read(int fd, intptr_t buf, size_t len)') as (fd: number, addr: number, len: number) => number,
+  pread: lib.func('intptr_t pread(int fd, void *buf, size_t len, int64_t off)') as (fd: number, buf: Buffer, len: number, off: number) => number,
   write: lib.func('intptr_t write(int fd, void *buf, size_t len)') as (fd: number, buf: Buffer, len: number) => number,
   mmap: lib.func('int64_t mmap(intptr_t addr, size_t len, int prot, int flags, int fd, int64_t off)') as (
     addr: number, len: number, prot: number, flags: number, fd: number, off: number) => number,
@@ -47,6 +50,15 @@ export function errno(): number {
 /** The address of a Buffer's first byte (includes its byteOffset), as a number. */
 export function bufferAddress(buf: Buffer | Uint8Array): number {
   return Number(koffi.address(buf));
+}
+
+/**
+ * A Buffer over its own ArrayBuffer. V8 may keep a small typed array's bytes on the JS heap,
+ * where the GC can move them; an explicit ArrayBuffer always has an off-heap backing store, so
+ * its address stays valid for the Buffer's life and can be handed to ioctls by number.
+ */
+export function stableBuffer(size: number): Buffer {
+  return Buffer.from(new ArrayBuffer(size));
 }
 
 /** A zero-copy ArrayBuffer over `length` bytes of mapped memory at `addr`. */

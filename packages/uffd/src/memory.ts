@@ -190,6 +190,22 @@ export function createMemfd(length: number, opts: MapOptions = {}): Mapping {
   }
 }
 
+/**
+ * Maps `length` bytes of an existing descriptor (a memfd, say) shared, as a second view of
+ * the same pages — what minor-fault (UFFDIO_CONTINUE) handling needs. The Mapping does not own
+ * the descriptor: `unmap()` unmaps only.
+ */
+export function mapShared(fd: number, length: number, opts: MapOptions = {}): Mapping {
+  const name = opts.name ?? `fd ${fd}`;
+  const pageSize = opts.hugetlb ? HUGE_PAGE_SIZE : HOST_PAGE_SIZE;
+  checkLength(length, pageSize, name);
+  let flags = MAP_SHARED;
+  if (opts.noreserve ?? true) flags |= MAP_NORESERVE;
+  const addr = c.mmap(0, length, PROT_READ | PROT_WRITE, flags, fd, 0);
+  if (addr === -1) throw new SyscallError('mmap', errno(), `${name}, fd ${fd}, length ${hex(length)}`);
+  return new Mapping(addr, length, name, pageSize, 'memfd');
+}
+
 export interface AdoptOptions {
   addr: number | bigint;
   length: number;

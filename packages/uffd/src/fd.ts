@@ -1,0 +1,24 @@
+/**
+ * fd.ts — owns plain file descriptors: the open flags this package uses and `close`, which
+ * reports failure as a SyscallError instead of a silent -1.
+ */
+import { c, errno } from './libc.js';
+import { SyscallError } from './errors.js';
+
+export const O_RDONLY = 0;
+export const O_WRONLY = 1;
+export const O_RDWR = 2;
+export const O_NONBLOCK = 0o4000;
+export const O_CLOEXEC = 0o2000000;
+
+/** close(fd); `object` names the descriptor in the error (default `fd N`). */
+export function close(fd: number, object?: string): void {
+  if (c.close(fd) !== 0) throw new SyscallError('close', errno(), object ?? `fd ${fd}`);
+}
+
+/** open(path, flags, mode) returning the descriptor; throws `open failed: ENOENT (/path)`. */
+export function openPath(path: string, flags: number, mode = 0): number {
+  const fd = c.open(path, flags | O_CLOEXEC, mode);
+  if (fd < 0) throw new SyscallError('open', errno(), path);
+  return fd;
+}
