@@ -19,7 +19,7 @@ export {
   type GuestHost,
   type HostService,
 } from './guest.js';
-export { resolveGuest, guestUrl, type BuiltinGuest, type ResolvedGuest } from './resolve-guest.js';
+export { resolveGuest, guestUrl, isBuiltinGuestUrl, type BuiltinGuest, type ResolvedGuest } from './resolve-guest.js';
 export { encodeDevice, decodeDevice, type DeviceState } from './device.js';
 export { VcpuError } from './vcpu.js';
 export type { UnusedRange } from './unused.js';

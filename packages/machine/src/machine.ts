@@ -12,7 +12,7 @@ import { createControlBuffers, type ControlBuffers } from './control.js';
 import { assertDeviceState, type DeviceState } from './device.js';
 import type { DeviceContext, GuestHost, HostService, IntegrityReport } from './guest.js';
 import { createRamBlock, RamBlock, type BlockInfo, type RamBacking } from './ram-block.js';
-import { resolveGuest, type BuiltinGuest, type ResolvedGuest } from './resolve-guest.js';
+import { isBuiltinGuestUrl, resolveGuest, type BuiltinGuest, type ResolvedGuest } from './resolve-guest.js';
 import { UnusedRanges, type UnusedRange } from './unused.js';
 import { Vcpu, VcpuError } from './vcpu.js';
 import { verifyInWorker } from './verify.js';
@@ -49,6 +49,8 @@ export interface MachineEvents {
 export class Machine extends EventEmitter<MachineEvents> implements GuestHost {
   readonly guest: ResolvedGuest;
   readonly kind: string;
+  /** The module URL of a user guest (what another host must load to run it); undefined for built-in guests. */
+  readonly module: string | undefined;
   readonly config: Record<string, unknown>;
   readonly vcpus: number;
   readonly blocks: RamBlock[];
@@ -73,6 +75,7 @@ export class Machine extends EventEmitter<MachineEvents> implements GuestHost {
     super();
     this.guest = guest;
     this.kind = guest.kind;
+    this.module = isBuiltinGuestUrl(guest.url) ? undefined : guest.url;
     this.config = config;
     this.vcpus = vcpus;
     this.blocks = blocks;

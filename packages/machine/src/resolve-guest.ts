@@ -22,6 +22,11 @@ export interface ResolvedGuest {
   definition: GuestDefinition;
 }
 
+/** True when `url` is the module of a built-in guest. */
+export function isBuiltinGuestUrl(url: string): boolean {
+  return Object.values(BUILTIN).includes(url);
+}
+
 /** The module URL of a guest given as a built-in name, a path (relative to the cwd) or a URL. */
 export function guestUrl(guest: string): string {
   if (guest in BUILTIN) return BUILTIN[guest as BuiltinGuest];

@@ -96,6 +96,11 @@ export interface GuestInfo {
   kind: string;
   /** Free-form msgpack-able data (plain objects, arrays, scalars, bytes). */
   config: unknown;
+  /**
+   * Where a user guest's module lives (a path or file URL, ≤ 4096 chars); absent for
+   * built-in guests. The destination loads the same module from its own file system.
+   */
+  module?: string;
 }
 
 /** Initial description of the migration: guest, RAM layout, capabilities. */

@@ -39,6 +39,10 @@ function aligned(v: number, ps: number, what: string): void {
   if (v % ps !== 0) fail('ALIGN', `${what}: ${hex(v)} not aligned to page size ${hex(ps)}`);
 }
 
+/** A guest module reference: a path or file URL, printable, no NUL or control characters. */
+const MODULE_RE = /^[^\u0000-\u001f\u007f]+$/;
+const MAX_MODULE_CHARS = 4096;
+
 function str(v: unknown, what: string, maxChars: number, re?: RegExp, minChars = 0): string {
   if (typeof v !== 'string') fail('MALFORMED', `${what}: expected a string, got ${describe(v)}`);
   if (v.length > maxChars) fail('OVERSIZED', `${what}: ${v.length} chars exceeds ${maxChars}`);
@@ -127,6 +131,7 @@ export function validateMessage(msg: Message, payloadLength: number): void {
       const g = obj(m['guest'], f('guest'));
       str(g['kind'], f('guest.kind'), 64, NAME_RE, 1);
       checkPlainValue(g['config'], f('guest.config'));
+      if (g['module'] !== undefined) str(g['module'], f('guest.module'), MAX_MODULE_CHARS, MODULE_RE, 1);
       const blocks = arr(m['blocks'], f('blocks'), 1, MAX_BLOCKS);
       const seen = new Set<string>();
       for (let i = 0; i < blocks.length; i++) {

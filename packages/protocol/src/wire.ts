@@ -5,7 +5,7 @@
  * checked by validate.ts.
  *
  *   every header      t: MsgType
- *   SETUP             k: guest kind, c: guest config, b: [[name, length, pageSize]…], cp: caps[], v: vcpus
+ *   SETUP             k: guest kind, c: guest config, m: guest module (optional), b: [[name, length, pageSize]…], cp: caps[], v: vcpus
  *   PAGES             b: block, p: pageSize, o: offsets[]
  *   PAGE_RUN          b, p, o: offset, n: count
  *   ZERO              b, p, r: [[offset, count]…]
@@ -27,7 +27,7 @@ type WireHeader = Record<string, unknown>;
 
 /** [required keys, optional keys] per type, excluding `t`. */
 const KEYS: Record<number, [string[], string[]]> = {
-  [MsgType.SETUP]: [['k', 'c', 'b', 'cp', 'v'], []],
+  [MsgType.SETUP]: [['k', 'c', 'b', 'cp', 'v'], ['m']],
   [MsgType.PAGES]: [['b', 'p', 'o'], []],
   [MsgType.PAGE_RUN]: [['b', 'p', 'o', 'n'], []],
   [MsgType.ZERO]: [['b', 'p', 'r'], []],
@@ -59,6 +59,7 @@ export function toWire(msg: Message): WireHeader {
       return {
         t: msg.type, k: msg.guest.kind, c: msg.guest.config,
         b: msg.blocks.map((b) => [b.name, b.length, b.pageSize]), cp: msg.caps, v: msg.vcpus,
+        ...(msg.guest.module !== undefined ? { m: msg.guest.module } : {}),
       };
     case MsgType.PAGES:
       return { t: msg.type, b: msg.block, p: msg.pageSize, o: msg.offsets };
@@ -120,7 +121,9 @@ export function fromWire(h: unknown): Message {
           return { name: e[0], length: e[1], pageSize: e[2] };
         });
       }
-      return { type: t, guest: { kind: w['k'], config: w['c'] }, blocks, caps: w['cp'], vcpus: w['v'] } as Message;
+      const guest: Record<string, unknown> = { kind: w['k'], config: w['c'] };
+      if ('m' in w) guest['module'] = w['m'];
+      return { type: t, guest, blocks, caps: w['cp'], vcpus: w['v'] } as unknown as Message;
     }
     case MsgType.PAGES:
       return { type: t, block: w['b'], pageSize: w['p'], offsets: w['o'] } as Message;

@@ -1,0 +1,80 @@
+/**
+ * main.ts — owns the `migrate` command line: parsing (yargs), dispatch to the subcommands
+ * and exit codes. Each subcommand is a thin layer over the library packages.
+ */
+import yargs from 'yargs';
+import { runSend } from './send.js';
+import { runRecv } from './recv.js';
+import { runCheck } from './check.js';
+
+export async function main(argv: string[]): Promise<number> {
+  let code = 0;
+  const parser = yargs(argv)
+    .scriptName('migrate')
+    .usage('$0 <command> [options]')
+    .strict()
+    .command(
+      'send',
+      'start a guest and migrate it to a destination',
+      (y) =>
+        y
+          .option('to', { type: 'string', demandOption: true, describe: 'destination HOST:PORT' })
+          .option('guest', { type: 'string', default: 'ab', describe: 'ab, kv, or the path of a guest module' })
+          .option('ram', { type: 'string', default: '256M', describe: 'guest RAM size (256M, 1G)' })
+          .option('vcpus', { type: 'number', default: 2, describe: 'number of vCPUs' })
+          .option('migrate-after', { type: 'number', default: 500, describe: 'let the guest run this many ms before migrating' })
+          .option('max-bandwidth', { type: 'string', default: '0', describe: 'page-data rate limit, bytes/s (500M); 0 = unlimited' })
+          .option('downtime-limit', { type: 'number', default: 300, describe: 'largest stop-and-copy time, ms' })
+          .option('timeout', { type: 'number', default: 0, describe: 'fail if not completed after this many seconds (0 = never)' })
+          .option('guest-port', { type: 'number', describe: 'port of the guest service (kv: HTTP)' })
+          .option('guest-config', { type: 'string', describe: 'guest configuration as JSON (merged with --sweep and --guest-port)' })
+          .option('sweep', { type: 'string', describe: 'ab guest: byte range the vCPUs write, START-END (1M-1000M)' })
+          .option('return-listen', { type: 'string', describe: 'after the guest left, wait for it to come back on HOST:PORT, then verify it' })
+          .option('run-after', { type: 'number', default: 0, describe: 'with --return-listen: let the returned guest run this many ms before verifying' })
+          .option('json', { type: 'boolean', default: false, describe: 'print the report as one JSON line' })
+          .option('progress', { type: 'boolean', default: false, describe: 'show progress on stderr even when it is not a terminal' }),
+      async (a) => {
+        code = await runSend(a);
+      },
+    )
+    .command(
+      'recv',
+      'wait for one incoming migration and run the guest',
+      (y) =>
+        y
+          .option('listen', { type: 'string', demandOption: true, describe: 'HOST:PORT to listen on (port 0 picks one)' })
+          .option('max-ram', { type: 'string', describe: 'refuse guests with more RAM (default: free memory)' })
+          .option('run-after', { type: 'number', default: 0, describe: 'let the guest run this many ms, then verify it' })
+          .option('guest-port', { type: 'number', describe: 'port of the guest service (kv: HTTP)' })
+          .option('then-send-to', { type: 'string', describe: 'after running, migrate the guest on to HOST:PORT' })
+          .option('json', { type: 'boolean', default: false, describe: 'print the report as one JSON line' })
+          .option('progress', { type: 'boolean', default: false, describe: 'show progress on stderr even when it is not a terminal' }),
+      async (a) => {
+        code = await runRecv(a);
+      },
+    )
+    .command(
+      'check',
+      'probe this host for live migration with postcopy',
+      (y) => y.option('json', { type: 'boolean', default: false, describe: 'print the report as JSON' }),
+      async (a) => {
+        code = await runCheck(a);
+      },
+    )
+    .demandCommand(1, 'give a command: send, recv or check')
+    .fail((msg, err, y) => {
+      if (err) throw err;
+      process.stderr.write(`${msg}\n\n`);
+      y.showHelp((s: string) => process.stderr.write(`${s}\n`));
+      code = 2;
+    })
+    .help()
+    .version(false);
+  try {
+    await parser.parseAsync();
+  } catch (e) {
+    process.stderr.write(`migrate: ${(e as Error).message}\n`);
+    return 1;
+  }
+  return code;
+}

@@ -1,0 +1,96 @@
+/**
+ * send.ts — `migrate send`: start a guest, let it run, migrate it, report. On failure the
+ * guest is shown to be still running on the source and is verified there. With
+ * --return-listen the same process then receives the guest back (ping-pong).
+ */
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { Machine } from '@livemig/machine';
+import { OutgoingMigration } from '@livemig/source';
+import type { MigrationReport } from '@livemig/transport';
+import { startGuest } from './guest-setup.js';
+import { ProgressLine } from './progress.js';
+import { printReport } from './report-output.js';
+import { parseRate } from './units.js';
+import { receiveOnce } from './recv.js';
+
+export interface SendArgs {
+  to: string;
+  guest: string;
+  ram: string;
+  vcpus: number;
+  migrateAfter: number;
+  maxBandwidth: string;
+  downtimeLimit: number;
+  timeout: number;
+  guestPort?: number;
+  sweep?: string;
+  guestConfig?: string;
+  returnListen?: string;
+  runAfter: number;
+  json: boolean;
+  progress: boolean;
+}
+
+export async function runSend(a: SendArgs): Promise<number> {
+  let machine: Machine;
+  try {
+    machine = await startGuest(a);
+  } catch (e) {
+    process.stderr.write(`migrate send: cannot start the guest: ${(e as Error).message}\n`);
+    return 1;
+  }
+  try {
+    await sleep(a.migrateAfter);
+    const report = await sendMachine(machine, a.to, a);
+    const out: MigrationReport = report;
+    let ok = report.status === 'completed';
+    if (!ok) {
+      out.sourceGuest = { running: await isRunning(machine) };
+      out.integrity = await machine.verify();
+    } else if (a.returnListen) {
+      await machine.destroy();
+      const back = await receiveOnce({ listen: a.returnListen, guestPort: a.guestPort, runAfter: a.runAfter, progress: a.progress });
+      out.returned = back.report;
+      ok = back.ok;
+      if (back.machine) await back.machine.destroy();
+    }
+    printReport(out, a.json);
+    return ok ? 0 : 1;
+  } finally {
+    await machine.destroy().catch(() => undefined);
+  }
+}
+
+/** Migrates a running guest to `to`; SIGINT/SIGTERM cancel it (the guest runs on). */
+export async function sendMachine(
+  machine: Machine,
+  to: string,
+  a: { maxBandwidth: string; downtimeLimit: number; timeout: number; progress: boolean },
+): Promise<MigrationReport> {
+  const progress = new ProgressLine(a.progress);
+  const mig = new OutgoingMigration(machine, {
+    to,
+    maxBandwidth: parseRate(a.maxBandwidth, '--max-bandwidth'),
+    downtimeLimitMs: a.downtimeLimit,
+    timeoutMs: a.timeout * 1000,
+    onProgress: (p) => progress.source(p),
+  });
+  const onSignal = (): void => mig.cancel('interrupted by signal');
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  try {
+    return await mig.run();
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+    progress.end();
+  }
+}
+
+/** True when the guest's vCPUs make progress over 200 ms. */
+export async function isRunning(machine: Machine): Promise<boolean> {
+  const sum = (): number => machine.progress().reduce((n, x) => n + x, 0);
+  const before = sum();
+  await sleep(200);
+  return sum() > before;
+}

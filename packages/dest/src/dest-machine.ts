@@ -1,0 +1,61 @@
+/**
+ * dest-machine.ts — owns what the destination needs from a guest and how it builds one from
+ * the source's description. The default factory uses @livemig/machine; a caller can supply
+ * its own (for its own guest model) through `IncomingOptions.machineFactory`.
+ */
+import { Machine, resolveGuest } from '@livemig/machine';
+import type { Mapping } from '@livemig/uffd';
+
+export interface DestMachine {
+  loadDevice(state: unknown): void;
+  /** Starts the vCPUs; `fresh: false` resumes from the loaded device state. */
+  start(opts: { fresh: boolean }): Promise<void>;
+  /** Stops the vCPUs, frees what the guest holds (RAM it owns is unmapped by its owner). */
+  destroy(): Promise<void>;
+}
+
+export interface MachineSpec {
+  kind: string;
+  /** A user guest's module (path or file URL), else undefined. */
+  module?: string | undefined;
+  config: unknown;
+  vcpus: number;
+  /** One mapping per block, named like the blocks, already mapped. */
+  mappings: Mapping[];
+  guestPort?: number;
+}
+
+export interface MachineFactory {
+  /**
+   * Throws a clear error when this host cannot run the guest (kind, or the user guest module
+   * the source names). Called before any RAM is created.
+   */
+  check(kind: string, module: string | undefined, config: unknown): Promise<void>;
+  create(spec: MachineSpec): Promise<DestMachine>;
+}
+
+export const defaultMachineFactory: MachineFactory = {
+  async check(kind: string, module: string | undefined): Promise<void> {
+    let resolved: Awaited<ReturnType<typeof resolveGuest>>;
+    try {
+      resolved = await resolveGuest(module ?? kind);
+    } catch (e) {
+      throw new Error(module ? `cannot load guest module ${module}: ${(e as Error).message}` : `unknown guest kind "${kind}" (built-in guests: ab, kv)`);
+    }
+    if (resolved.kind !== kind) {
+      throw new Error(`guest module ${module ?? kind} defines kind "${resolved.kind}", but the source runs "${kind}"`);
+    }
+  },
+  async create(spec: MachineSpec): Promise<DestMachine> {
+    // The guest service port belongs to this host, not to the guest: use ours (or any free one).
+    const config = { ...((spec.config as object | null) ?? {}) } as Record<string, unknown>;
+    if (spec.guestPort !== undefined || 'guestPort' in config) config.guestPort = spec.guestPort ?? 0;
+    const machine = await Machine.create({
+      guest: spec.module ?? spec.kind,
+      config,
+      vcpus: spec.vcpus,
+      blocks: spec.mappings,
+    });
+    return machine;
+  },
+};

@@ -1,0 +1,386 @@
+/**
+ * incoming.ts — owns one incoming migration on the destination: accept the main connection,
+ * check the source's description (guest kind, RAM layout, size limit) before any page is
+ * accepted, create the guest's RAM, place pages as they arrive, load the device state and
+ * start the guest, then confirm to the source.
+ *
+ * Anything going wrong before the guest starts (garbage on the wire, a refused layout, the
+ * source vanishing) discards the half-received guest and ends with a failed report naming
+ * the reason; the source is told why when the connection still works.
+ */
+import net from 'node:net';
+import os from 'node:os';
+import { unpack } from 'msgpackr';
+import {
+  BlockTable,
+  MsgType,
+  forEachPageRun,
+  payloadToBuffer,
+  type Frame,
+  type SetupMessage,
+} from '@livemig/protocol';
+import {
+  acceptChannel,
+  emptyRamReport,
+  formatEndpoint,
+  mbps,
+  parseEndpoint,
+  type Channel,
+  type Endpoint,
+  type MigrationReport,
+} from '@livemig/transport';
+import { Userfaultfd, UFFD_FEATURE_MISSING_SHMEM, UFFD_FEATURE_MISSING_HUGETLBFS, adoptMapping, mapAnonymous, createMemfd, type Mapping } from '@livemig/uffd';
+import { PagePlacer, type PlacerBlock } from './page-placer.js';
+import { DestState, DestStateMachine } from './dest-state.js';
+import { defaultMachineFactory, type DestMachine, type MachineFactory } from './dest-machine.js';
+
+/** RAM the caller already mapped, to receive a block into. */
+export interface ExternalRam {
+  name: string;
+  addr: number | bigint;
+  length: number;
+  pageSize?: number;
+}
+
+export interface IncomingOptions {
+  /** Where to listen, `HOST:PORT` (port 0 picks one; see `address`). */
+  listen: string | Endpoint;
+  /** Refuse guests with more RAM than this (default: the host's free memory). */
+  maxRam?: number;
+  /** Receive into these caller-mapped regions instead of creating RAM (matched by block name). */
+  ram?: ExternalRam[];
+  /** Back created RAM with memfd instead of anonymous memory. */
+  backing?: 'anonymous' | 'memfd';
+  /** Builds the guest from the source's description (default: @livemig/machine). */
+  machineFactory?: MachineFactory;
+  /** Options for the guest's host services, e.g. the kv guest's HTTP port. */
+  guestPort?: number;
+  /** Fail when the source sends nothing for this long (default 30 s). */
+  idleTimeoutMs?: number;
+  onProgress?: (p: IncomingProgress) => void;
+}
+
+export interface IncomingProgress {
+  state: DestState;
+  receivedBytes: number;
+  totalBytes: number;
+  round: number;
+}
+
+export interface IncomingResult {
+  report: MigrationReport;
+  /** The running guest when the migration completed. */
+  machine: DestMachine | null;
+}
+
+export class IncomingMigration {
+  private readonly server: net.Server;
+  private readonly opts: IncomingOptions;
+
+  private constructor(server: net.Server, opts: IncomingOptions) {
+    this.server = server;
+    this.opts = opts;
+  }
+
+  /** Starts listening. */
+  static async listen(opts: IncomingOptions): Promise<IncomingMigration> {
+    const ep = typeof opts.listen === 'string' ? parseEndpoint(opts.listen) : opts.listen;
+    const server = net.createServer({ pauseOnConnect: true });
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', (e: NodeJS.ErrnoException) => reject(new Error(`listen on ${formatEndpoint(ep)} failed: ${e.code ?? e.message}`)));
+      server.listen(ep.port, ep.host, () => resolve());
+    });
+    return new IncomingMigration(server, opts);
+  }
+
+  /** The address actually listened on. */
+  get address(): Endpoint {
+    const a = this.server.address() as net.AddressInfo;
+    return { host: a.address, port: a.port };
+  }
+
+  close(): void {
+    this.server.close();
+  }
+
+  /** Waits for one migration and runs it to its end; never throws: failures are in the report. */
+  async accept(): Promise<IncomingResult> {
+    const socket = await new Promise<net.Socket>((resolve) => this.server.once('connection', resolve));
+    this.server.close();
+    return new IncomingSession(this.opts).run(socket);
+  }
+}
+
+class IncomingSession {
+  private readonly opts: IncomingOptions;
+  private readonly state = new DestStateMachine();
+  private ch: Channel | null = null;
+  private table: BlockTable | null = null;
+  private placer: PlacerBlockSet | null = null;
+  private machine: DestMachine | null = null;
+  private uffd: Userfaultfd | null = null;
+  private mappings: Mapping[] = [];
+  private device: Buffer | null = null;
+  private readonly bounce = Buffer.alloc(2 * 1024 * 1024);
+  private round = 0;
+  private totalBytes = 0;
+  private t0 = performance.now();
+  private setupTimeMs = 0;
+  private completeAt = 0;
+  private lastData = performance.now();
+  private done!: (r: IncomingResult) => void;
+  private readonly report: MigrationReport;
+
+  constructor(opts: IncomingOptions) {
+    this.opts = opts;
+    this.report = {
+      role: 'destination',
+      status: 'failed',
+      mode: 'precopy',
+      uuid: '',
+      guest: { kind: '', vcpus: 0 },
+      totalTimeMs: 0,
+      setupTimeMs: 0,
+      downtimeMs: 0,
+      precopyRounds: 0,
+      ram: emptyRamReport(0),
+    };
+  }
+
+  run(socket: net.Socket): Promise<IncomingResult> {
+    return new Promise<IncomingResult>((resolve) => {
+      this.done = resolve;
+      this.t0 = performance.now();
+      acceptChannel(socket, { roles: ['main'] }).then(
+        ({ channel, hello }) => {
+          this.ch = channel;
+          this.report.uuid = hello.uuid;
+          channel.setHandler((f) => this.onFrame(f));
+          void channel.whenClosed().then((err) => {
+            if (this.state.current !== DestState.COMPLETED) {
+              void this.fail(err ?? new Error('connection to the source closed'));
+            }
+          });
+          this.watchIdle();
+        },
+        (err: Error) => void this.fail(err),
+      );
+    });
+  }
+
+  private watchIdle(): void {
+    const limit = this.opts.idleTimeoutMs ?? 30_000;
+    const timer = setInterval(() => {
+      if (this.state.terminal) {
+        clearInterval(timer);
+        return;
+      }
+      if (this.ch && this.ch.bytesRead !== this.lastRead) {
+        this.lastRead = this.ch.bytesRead;
+        this.lastData = performance.now();
+      } else if (performance.now() - this.lastData > limit) {
+        clearInterval(timer);
+        void this.fail(new Error(`the source sent nothing for ${limit / 1000} s`));
+      }
+    }, Math.min(1000, limit / 4));
+    timer.unref();
+  }
+  private lastRead = 0;
+
+  private onFrame(f: Frame): void | Promise<void> {
+    const m = f.msg;
+    switch (m.type) {
+      case MsgType.SETUP:
+        this.state.to(DestState.SETUP, 'SETUP');
+        return this.setup(m);
+      case MsgType.ROUND:
+        this.state.expect(DestState.SETUP, 'ROUND');
+        this.round = m.round;
+        this.report.precopyRounds = m.round;
+        this.progress();
+        return;
+      case MsgType.PAGE_RUN: {
+        this.state.expect(DestState.SETUP, 'PAGE_RUN');
+        this.table!.checkMessage(m);
+        const b = this.placer!.get(m.block);
+        const first = m.offset / b.pageSize;
+        forEachPageRun(f.payload, b.pageSize, this.bounceFor(b), (src, idx, n) => this.placer!.placer.placeRun(b, first + idx, n, src));
+        return;
+      }
+      case MsgType.PAGES: {
+        this.state.expect(DestState.SETUP, 'PAGES');
+        this.table!.checkMessage(m);
+        const b = this.placer!.get(m.block);
+        const offs = m.offsets;
+        forEachPageRun(f.payload, b.pageSize, this.bounceFor(b), (src, idx, n) => {
+          for (let i = 0; i < n; i++) {
+            const page = src.length === b.pageSize ? src : src.subarray(i * b.pageSize, (i + 1) * b.pageSize);
+            this.placer!.placer.placeRun(b, offs[idx + i]! / b.pageSize, 1, page);
+          }
+        });
+        return;
+      }
+      case MsgType.ZERO: {
+        this.state.expect(DestState.SETUP, 'ZERO');
+        this.table!.checkMessage(m);
+        const b = this.placer!.get(m.block);
+        for (const [offset, count] of m.runs) this.placer!.placer.placeZero(b, offset / b.pageSize, count);
+        return;
+      }
+      case MsgType.DEVICE:
+        this.state.expect(DestState.SETUP, 'DEVICE');
+        this.device = Buffer.from(payloadToBuffer(f.payload));
+        return;
+      case MsgType.COMPLETE:
+        this.state.to(DestState.COMPLETING, 'COMPLETE');
+        this.completeAt = performance.now();
+        return this.complete();
+      case MsgType.PING:
+        this.ch!.send({ type: MsgType.PONG, id: m.id });
+        return;
+      case MsgType.PONG:
+        return;
+      case MsgType.ERROR:
+        throw new Error(`the source aborted the migration: ${m.reason}`);
+      default:
+        throw new Error(`${this.state.describe()}: unexpected ${MsgType[m.type as unknown as keyof typeof MsgType] ?? m.type} from the source`);
+    }
+  }
+
+  private bounceFor(b: PlacerBlock): Buffer {
+    return b.pageSize <= this.bounce.length ? this.bounce.subarray(0, b.pageSize) : Buffer.alloc(b.pageSize);
+  }
+
+  private progress(): void {
+    this.opts.onProgress?.({
+      state: this.state.current,
+      receivedBytes: this.ch?.bytesRead ?? 0,
+      totalBytes: this.totalBytes,
+      round: this.round,
+    });
+  }
+
+  /** Checks the source's description and creates the guest's RAM; answers ACK or refuses. */
+  private async setup(m: SetupMessage): Promise<void> {
+    this.table = new BlockTable(m.blocks);
+    this.report.guest = { kind: m.guest.kind, vcpus: m.vcpus };
+    const total = m.blocks.reduce((n, b) => n + b.length, 0);
+    this.totalBytes = total;
+    this.report.ram.totalBytes = total;
+    const maxRam = this.opts.maxRam ?? os.freemem();
+    if (total > maxRam) {
+      throw new Error(`guest RAM of ${fmtBytes(total)} exceeds the limit of ${fmtBytes(maxRam)} (--max-ram)`);
+    }
+    const factory = this.opts.machineFactory ?? defaultMachineFactory;
+    // The guest kind must be known here before any RAM is created.
+    await factory.check(m.guest.kind, m.guest.module, m.guest.config);
+    this.mappings = m.blocks.map((b) => this.mapBlock(b.name, b.length, b.pageSize));
+    const uffd = new Userfaultfd({ features: UFFD_FEATURE_MISSING_SHMEM | UFFD_FEATURE_MISSING_HUGETLBFS });
+    this.uffd = uffd;
+    for (const mp of this.mappings) uffd.register(mp.addr, mp.length, { missing: true }, `block ${mp.name}`);
+    this.placer = new PlacerBlockSet(new PagePlacer(uffd, this.mappings));
+    this.machine = await factory.create({
+      kind: m.guest.kind,
+      module: m.guest.module,
+      config: m.guest.config,
+      vcpus: m.vcpus,
+      mappings: this.mappings,
+      guestPort: this.opts.guestPort,
+    });
+    this.setupTimeMs = performance.now() - this.t0;
+    this.ch!.send({ type: MsgType.ACK, of: MsgType.SETUP });
+  }
+
+  private mapBlock(name: string, length: number, pageSize: number): Mapping {
+    const ext = this.opts.ram?.find((r) => r.name === name);
+    if (ext) {
+      const ps = ext.pageSize ?? 4096;
+      if (ext.length !== length || ps !== pageSize) {
+        throw new Error(`block "${name}": the source sends ${fmtBytes(length)} in ${pageSize}-byte pages but the RAM given is ${fmtBytes(ext.length)} in ${ps}-byte pages`);
+      }
+      return adoptMapping({ addr: ext.addr, length, pageSize, name });
+    }
+    if (this.opts.ram) throw new Error(`block "${name}" has no RAM given for it (blocks given: ${this.opts.ram.map((r) => r.name).join(', ')})`);
+    const hugetlb = pageSize === 2 * 1024 * 1024;
+    if (pageSize !== 4096 && !hugetlb) throw new Error(`block "${name}": page size ${pageSize} is not supported here`);
+    return this.opts.backing === 'memfd' ? createMemfd(length, { name, hugetlb }) : mapAnonymous(length, { name, hugetlb });
+  }
+
+  /** All pages and device state are here: start the guest and confirm. */
+  private async complete(): Promise<void> {
+    if (!this.machine || !this.placer) throw new Error('COMPLETE before SETUP');
+    if (!this.device) throw new Error('COMPLETE without device state');
+    for (const mp of this.mappings) this.uffd!.unregister(mp.addr, mp.length, `block ${mp.name}`);
+    this.uffd!.close();
+    this.uffd = null;
+    this.machine.loadDevice(unpack(this.device));
+    await this.machine.start({ fresh: false });
+    const startedAt = performance.now();
+    this.state.to(DestState.COMPLETED, 'start');
+    this.ch!.send({ type: MsgType.SHUT, status: 'ok' });
+    await this.ch!.flushed().catch(() => undefined);
+    const s = this.placer.placer.stats;
+    const r = this.report;
+    r.status = 'completed';
+    r.setupTimeMs = round1(this.setupTimeMs);
+    r.totalTimeMs = round1(startedAt - this.t0);
+    r.downtimeMs = round1(startedAt - this.completeAt);
+    r.ram.pagesNormal = s.pagesNormal;
+    r.ram.pagesZero = s.pagesZero;
+    r.ram.precopyBytes = s.dataBytes;
+    r.ram.transferredBytes = this.ch!.bytesRead;
+    r.ram.mbps = mbps(r.ram.transferredBytes, r.totalTimeMs);
+    r.peakRssBytes = process.resourceUsage().maxRSS * 1024;
+    this.progress();
+    this.done({ report: r, machine: this.machine });
+  }
+
+  private async fail(err: Error): Promise<void> {
+    if (this.state.terminal) return;
+    this.state.fail();
+    this.ch?.close(err);
+    try {
+      await this.machine?.destroy();
+    } catch {
+      // discarding; the original error is what matters
+    }
+    this.machine = null;
+    try {
+      this.uffd?.close();
+    } catch {
+      // ditto
+    }
+    for (const mp of this.mappings) mp.unmap();
+    this.mappings = [];
+    const r = this.report;
+    r.status = 'failed';
+    r.error = err.message;
+    r.totalTimeMs = round1(performance.now() - this.t0);
+    r.ram.transferredBytes = this.ch?.bytesRead ?? 0;
+    r.peakRssBytes = process.resourceUsage().maxRSS * 1024;
+    this.done({ report: r, machine: null });
+  }
+}
+
+/** The placer plus a name lookup that throws a clear error. */
+class PlacerBlockSet {
+  constructor(readonly placer: PagePlacer) {}
+  get(name: string): PlacerBlock {
+    return this.placer.block(name);
+  }
+}
+
+function round1(ms: number): number {
+  return Math.round(ms * 10) / 10;
+}
+
+export function fmtBytes(n: number): string {
+  const u = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let i = 0;
+  let v = n;
+  while (v >= 1024 && i < u.length - 1) {
+    v /= 1024;
+    i++;
+  }
+  return `${Math.round(v * 10) / 10} ${u[i]}`;
+}

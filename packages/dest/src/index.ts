@@ -1,0 +1,8 @@
+/**
+ * @livemig/dest — incoming migration: accept a guest from a source, place its pages with
+ * UFFDIO_COPY, load its device state and run it.
+ */
+export * from './incoming.js';
+export * from './dest-state.js';
+export * from './dest-machine.js';
+export * from './page-placer.js';

@@ -1,0 +1,56 @@
+/**
+ * dirty-sync.ts — owns the source's view of dirty tracking: it arms the kernel tracker
+ * (@livemig/uffd DirtyTracker: WP-async + PAGEMAP_SCAN, soft-dirty fallback) over every
+ * block and, at each sync, folds the pages written since the last sync into the blocks'
+ * dirty bitmaps.
+ */
+import { DirtyTracker } from '@livemig/uffd';
+import type { PageBitmap } from './page-bitmap.js';
+import type { SourceBlock } from './source-machine.js';
+
+export type DirtyMethod = 'auto' | 'wp-async' | 'soft-dirty';
+
+export class DirtySync {
+  private readonly tracker: DirtyTracker;
+  private readonly blocks: readonly SourceBlock[];
+  private active = false;
+
+  constructor(blocks: readonly SourceBlock[], method: DirtyMethod) {
+    this.blocks = blocks;
+    this.tracker = new DirtyTracker(
+      blocks.map((b) => ({ addr: b.mapping.addr, length: b.length, name: b.name, pageSize: b.pageSize })),
+      { method },
+    );
+  }
+
+  get method(): string {
+    return this.tracker.method;
+  }
+
+  start(): void {
+    this.tracker.start();
+    this.active = true;
+  }
+
+  /** Marks in `bitmaps[i]` every page of block i written since the last sync. */
+  sync(bitmaps: PageBitmap[]): { pages: number; bytes: number } {
+    let pages = 0;
+    let bytes = 0;
+    for (const set of this.tracker.scan()) {
+      const bm = bitmaps[set.index]!;
+      const pageSize = this.blocks[set.index]!.pageSize;
+      set.forEach((first, end) => {
+        pages += end - first;
+        bytes += (end - first) * pageSize;
+        bm.setRange(first, end);
+      });
+    }
+    return { pages, bytes };
+  }
+
+  stop(): void {
+    if (!this.active) return;
+    this.active = false;
+    this.tracker.stop();
+  }
+}

@@ -1,0 +1,242 @@
+/**
+ * channel.ts — owns one migration connection: the hello exchange, framed reads through the
+ * protocol's incremental decoder, framed writes with backpressure, and closing with a reason.
+ *
+ * Reads are push-driven: every decoded frame goes to `onFrame`. A handler that returns a
+ * promise pauses the socket until it settles, so a slow consumer never makes the decoder
+ * buffer without bound. A handler that throws closes the channel with that error (after
+ * telling the peer with an ERROR frame). Writes never copy page data: the header is encoded
+ * and the payload buffers follow it in one corked batch.
+ */
+import type { Socket } from 'node:net';
+import {
+  FrameDecoder,
+  MsgType,
+  ProtocolError,
+  encodeHeader,
+  type ChannelRole,
+  type Frame,
+  type Limits,
+  type Message,
+} from '@livemig/protocol';
+
+export type FrameHandler = (frame: Frame) => void | Promise<void>;
+
+export interface ChannelInfo {
+  /** The role of this connection (main, return, preempt) as named in its hello. */
+  role: ChannelRole;
+  /** Migration UUID both ends agreed on. */
+  uuid: string;
+  /** A label for error messages, e.g. `main channel to 10.0.0.2:4444`. */
+  label: string;
+}
+
+export class ChannelClosedError extends Error {
+  constructor(label: string, why: string) {
+    super(`${label}: ${why}`);
+    this.name = 'ChannelClosedError';
+  }
+}
+
+export class Channel {
+  readonly socket: Socket;
+  readonly info: ChannelInfo;
+  /** Bytes written (headers and payloads) and read, for reports. */
+  bytesWritten = 0;
+  bytesRead = 0;
+  private readonly decoder: FrameDecoder;
+  private handler: FrameHandler | null = null;
+  private paused = false;
+  private closedError: Error | null = null;
+  private isClosed = false;
+  private closeWaiters: Array<(err: Error | null) => void> = [];
+  private drainWaiters: Array<(err?: Error) => void> = [];
+
+  constructor(socket: Socket, info: ChannelInfo, opts: { limits?: Partial<Limits>; leftover?: Buffer; readRole?: ChannelRole } = {}) {
+    this.socket = socket;
+    this.info = info;
+    this.decoder = new FrameDecoder({ ...opts.limits, role: opts.readRole });
+    socket.setNoDelay(true);
+    socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    socket.on('drain', () => this.flushDrainWaiters());
+    socket.on('error', (err) => this.fail(new ChannelClosedError(info.label, `${(err as NodeJS.ErrnoException).code ?? ''} ${err.message}`.trim())));
+    socket.on('end', () => {
+      if (this.decoder.bufferedBytes > 0) {
+        this.fail(new ChannelClosedError(info.label, `connection closed by peer in the middle of a frame (${this.decoder.bufferedBytes} bytes of it received)`));
+      } else {
+        this.fail(new ChannelClosedError(info.label, 'connection closed by peer'));
+      }
+    });
+    socket.on('close', () => this.fail(new ChannelClosedError(info.label, 'connection closed')));
+    if (opts.leftover && opts.leftover.length > 0) {
+      // Bytes that arrived with the hello: decode them once a handler is set.
+      const leftover = opts.leftover;
+      queueMicrotask(() => this.onData(leftover));
+    }
+    // The hello reader paused the socket; a 'data' listener alone does not resume it.
+    socket.resume();
+  }
+
+  /** Sets the frame handler; frames that arrived before are delivered now. */
+  setHandler(handler: FrameHandler): void {
+    this.handler = handler;
+    this.pump();
+  }
+
+  get closed(): boolean {
+    return this.isClosed;
+  }
+
+  /** The error that closed the channel, if any. */
+  get error(): Error | null {
+    return this.closedError;
+  }
+
+  /** True while the socket's write buffer is over its high-water mark. */
+  get congested(): boolean {
+    return this.socket.writableNeedDrain;
+  }
+
+  /**
+   * Writes one frame: header, then the payload buffers as they are (no copy). Returns
+   * false when the caller should `await drained()` before writing more.
+   */
+  send(msg: Message, payload?: Buffer | readonly Buffer[]): boolean {
+    if (this.isClosed) throw this.closedError ?? new ChannelClosedError(this.info.label, 'channel closed');
+    let payloadLength = 0;
+    if (payload) {
+      if (Buffer.isBuffer(payload)) payloadLength = payload.length;
+      else for (const p of payload) payloadLength += p.length;
+    }
+    const header = encodeHeader(msg, payloadLength);
+    this.bytesWritten += header.length + payloadLength;
+    if (!payload || payloadLength === 0) return this.socket.write(header);
+    this.socket.cork();
+    this.socket.write(header);
+    let ok = true;
+    if (Buffer.isBuffer(payload)) ok = this.socket.write(payload);
+    else for (const p of payload) if (p.length > 0) ok = this.socket.write(p);
+    this.socket.uncork();
+    return ok;
+  }
+
+  /** Resolves when the write buffer has drained (at once if it is not congested). */
+  drained(): Promise<void> {
+    if (this.isClosed) return Promise.reject(this.closedError ?? new ChannelClosedError(this.info.label, 'channel closed'));
+    if (!this.socket.writableNeedDrain) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      this.drainWaiters.push((err) => (err ? reject(err) : resolve()));
+    });
+  }
+
+  /** Resolves when every byte written so far has been handed to the kernel. */
+  flushed(): Promise<void> {
+    if (this.isClosed) return Promise.reject(this.closedError ?? new ChannelClosedError(this.info.label, 'channel closed'));
+    return new Promise((resolve, reject) => {
+      this.socket.write(Buffer.alloc(0), (err) => (err ? reject(err) : resolve()));
+    });
+  }
+
+  /** Resolves with the closing error (null for a clean local close) once closed. */
+  whenClosed(): Promise<Error | null> {
+    if (this.isClosed) return Promise.resolve(this.closedError);
+    return new Promise((resolve) => this.closeWaiters.push(resolve));
+  }
+
+  /**
+   * Closes the channel. With an error, the peer is first told the reason in an ERROR
+   * frame (best effort) and the error becomes this channel's closing error.
+   */
+  close(err?: Error): void {
+    if (this.isClosed) return;
+    if (err && !this.socket.destroyed && this.socket.writable) {
+      try {
+        this.socket.write(encodeHeader({ type: MsgType.ERROR, reason: truncate(err.message, 4000), code: (err as { code?: string }).code }, 0));
+      } catch {
+        // The error frame is a courtesy; the close below is what matters.
+      }
+      this.socket.end();
+      setTimeout(() => this.socket.destroy(), 200).unref();
+    } else {
+      this.socket.destroy();
+    }
+    this.finish(err ?? null);
+  }
+
+  private fail(err: Error): void {
+    if (this.isClosed) return;
+    this.socket.destroy();
+    this.finish(err);
+  }
+
+  private finish(err: Error | null): void {
+    this.isClosed = true;
+    this.closedError = err;
+    const waiters = this.closeWaiters;
+    this.closeWaiters = [];
+    for (const w of waiters) w(err);
+    this.flushDrainWaiters(err ?? new ChannelClosedError(this.info.label, 'channel closed'));
+  }
+
+  private flushDrainWaiters(err?: Error): void {
+    const waiters = this.drainWaiters;
+    this.drainWaiters = [];
+    for (const w of waiters) w(err);
+  }
+
+  private onData(chunk: Buffer): void {
+    if (this.isClosed) return;
+    this.bytesRead += chunk.length;
+    try {
+      this.decoder.push(chunk);
+    } catch (e) {
+      this.close(asError(e));
+      return;
+    }
+    this.pump();
+  }
+
+  private pump(): void {
+    if (!this.handler) return;
+    while (!this.paused && !this.isClosed) {
+      let frame: Frame | null;
+      try {
+        frame = this.decoder.next();
+      } catch (e) {
+        this.close(asError(e));
+        return;
+      }
+      if (!frame) return;
+      let r: void | Promise<void>;
+      try {
+        r = this.handler(frame);
+      } catch (e) {
+        this.close(asError(e));
+        return;
+      }
+      if (r && typeof (r as Promise<void>).then === 'function') {
+        this.paused = true;
+        this.socket.pause();
+        (r as Promise<void>).then(
+          () => {
+            this.paused = false;
+            if (this.isClosed) return;
+            this.socket.resume();
+            this.pump();
+          },
+          (e) => this.close(asError(e)),
+        );
+        return;
+      }
+    }
+  }
+}
+
+function asError(e: unknown): Error {
+  if (e instanceof Error) return e;
+  return new ProtocolError('MALFORMED', String(e));
+}
+
+function truncate(s: string, n: number): string {
+  return s.length <= n ? s : `${s.slice(0, n - 1)}…`;
+}

@@ -1,0 +1,119 @@
+/**
+ * procs.ts — test support: run `migrate` as a real child process (the checked-in bin shim
+ * over the built CLI), collect its output, wait for its listening line, read its JSON report.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import net from 'node:net';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+export const MIGRATE = path.join(ROOT, 'packages/cli/bin/migrate.js');
+
+export interface Exit {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+}
+
+export class MigrateProcess {
+  readonly child: ChildProcess;
+  stdout = '';
+  stderr = '';
+  readonly exited: Promise<Exit>;
+  private listeners: Array<() => void> = [];
+
+  constructor(args: string[]) {
+    this.child = spawn(process.execPath, [MIGRATE, ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+    this.child.stdout!.setEncoding('utf8').on('data', (s: string) => {
+      this.stdout += s;
+      this.notify();
+    });
+    this.child.stderr!.setEncoding('utf8').on('data', (s: string) => {
+      this.stderr += s;
+      this.notify();
+    });
+    this.exited = new Promise((resolve) => this.child.once('exit', (code, signal) => resolve({ code, signal })));
+  }
+
+  private notify(): void {
+    for (const l of this.listeners) l();
+  }
+
+  /** Resolves with the first match of `re` in stderr, or rejects after `timeoutMs` or at exit. */
+  waitStderr(re: RegExp, timeoutMs = 20_000): Promise<RegExpMatchArray> {
+    return new Promise((resolve, reject) => {
+      const check = (): boolean => {
+        const m = this.stderr.match(re);
+        if (m) {
+          cleanup();
+          resolve(m);
+          return true;
+        }
+        return false;
+      };
+      const timer = setTimeout(() => {
+        cleanup();
+        reject(new Error(`no ${re} on stderr within ${timeoutMs} ms; stderr: ${this.stderr}`));
+      }, timeoutMs);
+      const onExit = (): void => {
+        if (!check()) {
+          cleanup();
+          reject(new Error(`process exited before ${re}; stderr: ${this.stderr}`));
+        }
+      };
+      const cleanup = (): void => {
+        clearTimeout(timer);
+        this.listeners = this.listeners.filter((l) => l !== listener);
+        this.child.off('exit', onExit);
+      };
+      const listener = (): void => void check();
+      if (check()) return;
+      this.listeners.push(listener);
+      this.child.once('exit', onExit);
+    });
+  }
+
+  /** The `HOST:PORT` a `recv` announced. */
+  async listening(): Promise<string> {
+    const m = await this.waitStderr(/listening on (\S+)/);
+    return m[1]!;
+  }
+
+  /** Waits for exit (killing the process after `timeoutMs`). */
+  async done(timeoutMs = 120_000): Promise<Exit> {
+    const timer = setTimeout(() => this.child.kill('SIGKILL'), timeoutMs);
+    try {
+      return await this.exited;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /** The JSON report: the last line of stdout. */
+  report(): Record<string, any> {
+    const lines = this.stdout.trim().split('\n');
+    const last = lines[lines.length - 1] ?? '';
+    try {
+      return JSON.parse(last) as Record<string, any>;
+    } catch {
+      throw new Error(`last stdout line is not JSON: ${JSON.stringify(last)}\nstderr: ${this.stderr}`);
+    }
+  }
+
+  kill(signal: NodeJS.Signals = 'SIGKILL'): void {
+    this.child.kill(signal);
+  }
+}
+
+export function migrate(...args: string[]): MigrateProcess {
+  return new MigrateProcess(args);
+}
+
+/** A TCP port that was free a moment ago on 127.0.0.1. */
+export async function freePort(): Promise<number> {
+  const srv = net.createServer();
+  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', () => r()));
+  const port = (srv.address() as net.AddressInfo).port;
+  await new Promise<void>((r) => srv.close(() => r()));
+  return port;
+}
