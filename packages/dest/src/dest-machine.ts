@@ -8,6 +8,8 @@ import type { Mapping } from '@livemig/uffd';
 
 export interface DestMachine {
   loadDevice(state: unknown): void;
+  /** Optional: spawn the vCPUs ahead of time, parked, without touching guest RAM. */
+  prepare?(): Promise<void>;
   /** Starts the vCPUs; `fresh: false` resumes from the loaded device state. */
   start(opts: { fresh: boolean }): Promise<void>;
   /** Stops the vCPUs, frees what the guest holds (RAM it owns is unmapped by its owner). */

@@ -121,6 +121,7 @@ class IncomingSession {
   private uffd: Userfaultfd | null = null;
   private mappings: Mapping[] = [];
   private device: Buffer | null = null;
+  private preparing: Promise<void> | null = null;
   private readonly bounce = Buffer.alloc(2 * 1024 * 1024);
   private round = 0;
   private totalBytes = 0;
@@ -287,6 +288,13 @@ class IncomingSession {
       mappings: this.mappings,
       guestPort: this.opts.guestPort,
     });
+    // Spawn the vCPU workers now, parked, while pages arrive: starting them later would add
+    // their boot time to the downtime.
+    const machine = this.machine;
+    if (machine.prepare) {
+      this.preparing = machine.prepare();
+      this.preparing.catch(() => undefined); // surfaced when complete() awaits it
+    }
     this.setupTimeMs = performance.now() - this.t0;
     this.ch!.send({ type: MsgType.ACK, of: MsgType.SETUP });
   }
@@ -310,14 +318,18 @@ class IncomingSession {
   private async complete(): Promise<void> {
     if (!this.machine || !this.placer) throw new Error('COMPLETE before SETUP');
     if (!this.device) throw new Error('COMPLETE without device state');
-    for (const mp of this.mappings) this.uffd!.unregister(mp.addr, mp.length, `block ${mp.name}`);
-    this.uffd!.close();
-    this.uffd = null;
+    // Every page is sent in precopy; zero-map any the source left out so no access can fault.
+    this.placer.placer.fillMissing();
     this.machine.loadDevice(unpack(this.device));
+    if (this.preparing) await this.preparing;
     await this.machine.start({ fresh: false });
     const startedAt = performance.now();
     this.state.to(DestState.COMPLETED, 'start');
     this.ch!.send({ type: MsgType.SHUT, status: 'ok' });
+    // Off the critical path: every page is present, so userfaultfd can let go while the guest runs.
+    for (const mp of this.mappings) this.uffd!.unregister(mp.addr, mp.length, `block ${mp.name}`);
+    this.uffd!.close();
+    this.uffd = null;
     await this.ch!.flushed().catch(() => undefined);
     const s = this.placer.placer.stats;
     const r = this.report;

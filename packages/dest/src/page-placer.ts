@@ -3,10 +3,10 @@
  *
  * Every block is registered with userfaultfd (MISSING) from the start, so a page that has
  * not arrived yet is placed with UFFDIO_COPY straight from the socket buffer: one ioctl a
- * contiguous run, ~25× faster here than a first-touch memcpy. A page that arrives again (a
- * later precopy round) is already present and is overwritten with a plain copy. Zero pages
- * that have not arrived are left missing: unregistering later makes them read as zeros, and
- * in postcopy they are placed locally with UFFDIO_ZEROPAGE if touched.
+ * contiguous run. A page that arrives again (a later precopy round) is already present and is
+ * overwritten with a plain copy. A zero page that is still missing is mapped with
+ * UFFDIO_ZEROPAGE (the shared zero page: no memory allocated, nothing copied); one already
+ * present is cleared.
  *
  * The placer never reads guest RAM; it writes only to pages it knows are present.
  */
@@ -17,15 +17,14 @@ export interface PlacerBlock {
   readonly pageSize: number;
   readonly pages: number;
   readonly mapping: Mapping;
-  /** 1 = page data placed (present), 2 = known zero (not placed), 0 = nothing yet. */
+  /** Per page: PAGE_PRESENT once placed (data or zero), PAGE_MISSING before. */
   readonly state: Uint8Array;
   /** Zero-copy Buffer over the block, for overwriting present pages. */
   readonly buffer: Buffer;
 }
 
-export const PAGE_NONE = 0;
+export const PAGE_MISSING = 0;
 export const PAGE_PRESENT = 1;
-export const PAGE_ZERO = 2;
 
 export interface PlaceStats {
   pagesNormal: number;
@@ -36,11 +35,13 @@ export interface PlaceStats {
   copied: number;
   /** Pages overwritten in place (already present). */
   overwritten: number;
+  /** Pages present in guest RAM (placed by copy or zeropage). */
+  present: number;
 }
 
 export class PagePlacer {
   readonly blocks = new Map<string, PlacerBlock>();
-  readonly stats: PlaceStats = { pagesNormal: 0, pagesZero: 0, dataBytes: 0, copied: 0, overwritten: 0 };
+  readonly stats: PlaceStats = { pagesNormal: 0, pagesZero: 0, dataBytes: 0, copied: 0, overwritten: 0, present: 0 };
   private readonly uffd: Userfaultfd;
 
   constructor(uffd: Userfaultfd, mappings: readonly Mapping[]) {
@@ -84,6 +85,7 @@ export class PagePlacer {
         this.copyIn(b, p, q, src, srcOff);
         state.fill(PAGE_PRESENT, p, q);
         this.stats.copied += q - p;
+        this.stats.present += q - p;
       }
       p = q;
     }
@@ -115,15 +117,59 @@ export class PagePlacer {
     }
   }
 
-  /** Records `count` zero pages from page index `first`. */
+  /** Places `count` zero pages from page index `first`. */
   placeZero(b: PlacerBlock, first: number, count: number): void {
     const ps = b.pageSize;
     const state = b.state;
     this.stats.pagesZero += count;
     const end = first + count;
-    for (let p = first; p < end; p++) {
-      if (state[p] === PAGE_PRESENT) b.buffer.fill(0, p * ps, (p + 1) * ps);
-      else state[p] = PAGE_ZERO;
+    let p = first;
+    while (p < end) {
+      const present = state[p] === PAGE_PRESENT;
+      let q = p + 1;
+      while (q < end && (state[q] === PAGE_PRESENT) === present) q++;
+      if (present) b.buffer.fill(0, p * ps, q * ps);
+      else this.zeroIn(b, p, q);
+      p = q;
     }
+  }
+
+  /** Maps zero pages over the missing pages [first, end) of a block. */
+  zeroIn(b: PlacerBlock, first: number, end: number): void {
+    const ps = b.pageSize;
+    if (ps !== 4096) {
+      // hugetlbfs has no UFFDIO_ZEROPAGE: copy from a zero buffer instead.
+      const zero = Buffer.alloc(ps);
+      for (let p = first; p < end; p++) this.copyIn(b, p, p + 1, zero, 0);
+    } else {
+      const len = (end - first) * ps;
+      let done = 0;
+      let stalls = 0;
+      while (done < len) {
+        const at = done;
+        const r = this.uffd.zeropage(b.mapping.addr + first * ps + done, len - done, 0, () => `block ${b.name}, offset ${hex(first * ps + at)}`);
+        if (r === ALREADY_PRESENT) done = Math.floor(done / ps) * ps + ps;
+        else if (r === 0 && ++stalls > 1000) throw new Error(`UFFDIO_ZEROPAGE made no progress (EAGAIN) (block ${b.name}, offset ${hex(first * ps + done)})`);
+        else done += r;
+      }
+    }
+    b.state.fill(PAGE_PRESENT, first, end);
+    this.stats.present += end - first;
+  }
+
+  /** Zero-maps every page still missing, so nothing can fault once userfaultfd lets go. */
+  fillMissing(): number {
+    let n = 0;
+    for (const b of this.blocks.values()) {
+      let p = b.state.indexOf(PAGE_MISSING);
+      while (p >= 0) {
+        let q = b.state.indexOf(PAGE_PRESENT, p);
+        if (q < 0) q = b.pages;
+        this.zeroIn(b, p, q);
+        n += q - p;
+        p = b.state.indexOf(PAGE_MISSING, q);
+      }
+    }
+    return n;
   }
 }

@@ -239,8 +239,6 @@ export class OutgoingMigration {
       guestStopped = true;
       this.checkAbort();
       dirty.sync(blocks.map((b) => b.dirty));
-      dirty.stop();
-      dirty = null;
       await this.sendDirty(sender, blocks);
       const device = pack(this.machine.saveDevice());
       this.send({ type: MsgType.DEVICE }, device);
@@ -250,6 +248,9 @@ export class OutgoingMigration {
         throw new Error(`destination failed to start the guest: ${(shut.msg as { reason?: string }).reason ?? 'no reason given'}`);
       }
       report.downtimeMs = round1(performance.now() - stoppedAt);
+      // Tracking ends off the critical path: the guest is stopped, nothing writes any more.
+      dirty.stop();
+      dirty = null;
       this.setPhase('completed');
       report.status = 'completed';
     } catch (e) {
