@@ -29,6 +29,9 @@ export async function main(argv: string[]): Promise<number> {
           .option('guest-port', { type: 'number', describe: 'port of the guest service (kv: HTTP)' })
           .option('guest-config', { type: 'string', describe: 'guest configuration as JSON (merged with --sweep and --guest-port)' })
           .option('sweep', { type: 'string', describe: 'ab guest: byte range the vCPUs write, START-END (1M-1000M)' })
+          .option('postcopy', { type: 'boolean', default: false, describe: 'enable postcopy: the destination runs the guest before all RAM has arrived' })
+          .option('postcopy-after', { type: 'string', default: 'auto', describe: 'switch to postcopy after this many ms of precopy, or auto (when precopy stops converging)' })
+          .option('postcopy-fallback', { choices: ['precopy', 'fail'] as const, default: 'precopy' as const, describe: 'when the destination cannot do postcopy' })
           .option('return-listen', { type: 'string', describe: 'after the guest left, wait for it to come back on HOST:PORT, then verify it' })
           .option('run-after', { type: 'number', default: 0, describe: 'with --return-listen: let the returned guest run this many ms before verifying' })
           .option('json', { type: 'boolean', default: false, describe: 'print the report as one JSON line' })
@@ -46,6 +49,7 @@ export async function main(argv: string[]): Promise<number> {
           .option('max-ram', { type: 'string', describe: 'refuse guests with more RAM (default: free memory)' })
           .option('run-after', { type: 'number', default: 0, describe: 'let the guest run this many ms, then verify it' })
           .option('guest-port', { type: 'number', describe: 'port of the guest service (kv: HTTP)' })
+          .option('refuse-feature', { type: 'string', describe: 'treat these host checks as failed when postcopy is advised (comma-separated, e.g. userfaultfd): for testing' })
           .option('then-send-to', { type: 'string', describe: 'after running, migrate the guest on to HOST:PORT' })
           .option('json', { type: 'boolean', default: false, describe: 'print the report as one JSON line' })
           .option('progress', { type: 'boolean', default: false, describe: 'show progress on stderr even when it is not a terminal' }),

@@ -18,6 +18,7 @@ export interface RecvArgs {
   runAfter: number;
   guestPort?: number;
   thenSendTo?: string;
+  refuseFeature?: string;
   json: boolean;
   progress: boolean;
 }
@@ -29,12 +30,13 @@ export interface ReceiveResult {
 }
 
 /** Receives one guest, runs it `runAfter` ms, verifies it. */
-export async function receiveOnce(a: { listen: string; maxRam?: string; guestPort?: number; runAfter: number; progress: boolean }): Promise<ReceiveResult> {
+export async function receiveOnce(a: { listen: string; maxRam?: string; guestPort?: number; runAfter: number; progress: boolean; refuseFeature?: string }): Promise<ReceiveResult> {
   const progress = new ProgressLine(a.progress);
   const inc = await IncomingMigration.listen({
     listen: a.listen,
     maxRam: a.maxRam !== undefined ? parseSize(a.maxRam, '--max-ram') : undefined,
     guestPort: a.guestPort,
+    refuseFeatures: a.refuseFeature ? a.refuseFeature.split(',').map((x) => x.trim()).filter(Boolean) : undefined,
     onProgress: (p) => progress.dest(p),
   });
   process.stderr.write(`migrate recv: listening on ${formatEndpoint(inc.address)}\n`);

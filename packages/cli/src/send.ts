@@ -26,6 +26,9 @@ export interface SendArgs {
   sweep?: string;
   guestConfig?: string;
   returnListen?: string;
+  postcopy: boolean;
+  postcopyAfter: string;
+  postcopyFallback: 'precopy' | 'fail';
   runAfter: number;
   json: boolean;
   progress: boolean;
@@ -65,11 +68,19 @@ export async function runSend(a: SendArgs): Promise<number> {
 export async function sendMachine(
   machine: Machine,
   to: string,
-  a: { maxBandwidth: string; downtimeLimit: number; timeout: number; progress: boolean },
+  a: { maxBandwidth: string; downtimeLimit: number; timeout: number; progress: boolean; postcopy?: boolean; postcopyAfter?: string; postcopyFallback?: 'precopy' | 'fail' },
 ): Promise<MigrationReport> {
   const progress = new ProgressLine(a.progress);
+  let postcopyAfter: number | 'auto' = 'auto';
+  if (a.postcopyAfter !== undefined && a.postcopyAfter !== 'auto') {
+    postcopyAfter = Number(a.postcopyAfter);
+    if (!Number.isFinite(postcopyAfter) || postcopyAfter < 0) throw new Error(`bad --postcopy-after "${a.postcopyAfter}": give milliseconds or auto`);
+  }
   const mig = new OutgoingMigration(machine, {
     to,
+    postcopy: a.postcopy ?? false,
+    postcopyAfter,
+    postcopyFallback: a.postcopyFallback ?? 'precopy',
     maxBandwidth: parseRate(a.maxBandwidth, '--max-bandwidth'),
     downtimeLimitMs: a.downtimeLimit,
     timeoutMs: a.timeout * 1000,

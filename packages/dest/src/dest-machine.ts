@@ -10,6 +10,10 @@ export interface DestMachine {
   loadDevice(state: unknown): void;
   /** Optional: spawn the vCPUs ahead of time, parked, without touching guest RAM. */
   prepare?(): Promise<void>;
+  /** Kernel thread ids of the vCPUs (for blocktime), known once spawned. */
+  readonly vcpuTids?: readonly number[];
+  /** Guest steps run so far, per vCPU (to show the guest progressed during postcopy). */
+  progress?(): number[];
   /** Starts the vCPUs; `fresh: false` resumes from the loaded device state. */
   start(opts: { fresh: boolean }): Promise<void>;
   /** Stops the vCPUs, frees what the guest holds (RAM it owns is unmapped by its owner). */

@@ -1,23 +1,40 @@
 /**
  * dest-state.ts — owns the destination's migration state machine: an explicit enum and a
- * transition table; a command that arrives in a state where it is not allowed is refused
- * with an error naming both, instead of being acted on.
+ * transition table; a command that arrives in a state where it is not allowed is refused with
+ * an error naming both, instead of being acted on.
  *
- * Precopy: NONE → SETUP (pages, device state) → COMPLETING → COMPLETED.
- * Any state but COMPLETED may go to FAILED.
+ *   NONE → SETUP                      the source described the guest; precopy pages flow
+ *   SETUP → ADVISE                    postcopy advised (host checked); precopy pages still flow
+ *   ADVISE → DISCARD                  source stopped; pages re-dirtied since sent are dropped
+ *   ADVISE | DISCARD → LISTENING      userfaultfd fault handling armed
+ *   LISTENING → RUNNING               the guest runs here; pages arrive on demand and in background
+ *   RUNNING → END                     every page has arrived; fault handling stops
+ *   END → COMPLETED
+ *   SETUP | ADVISE → COMPLETING → COMPLETED   precopy finished without postcopy
+ *   any non-terminal state → FAILED
  */
 export enum DestState {
   NONE = 'none',
   SETUP = 'setup',
+  ADVISE = 'advise',
+  DISCARD = 'discard',
+  LISTENING = 'listening',
+  RUNNING = 'running',
+  END = 'end',
   COMPLETING = 'completing',
   COMPLETED = 'completed',
   FAILED = 'failed',
 }
 
 const TRANSITIONS: Readonly<Record<DestState, readonly DestState[]>> = {
-  [DestState.NONE]: [DestState.SETUP, DestState.FAILED],
-  [DestState.SETUP]: [DestState.COMPLETING, DestState.FAILED],
-  [DestState.COMPLETING]: [DestState.COMPLETED, DestState.FAILED],
+  [DestState.NONE]: [DestState.SETUP],
+  [DestState.SETUP]: [DestState.ADVISE, DestState.COMPLETING],
+  [DestState.ADVISE]: [DestState.DISCARD, DestState.LISTENING, DestState.COMPLETING],
+  [DestState.DISCARD]: [DestState.LISTENING],
+  [DestState.LISTENING]: [DestState.RUNNING],
+  [DestState.RUNNING]: [DestState.END],
+  [DestState.END]: [DestState.COMPLETED],
+  [DestState.COMPLETING]: [DestState.COMPLETED],
   [DestState.COMPLETED]: [],
   [DestState.FAILED]: [],
 };
@@ -40,17 +57,29 @@ export class DestStateMachine {
     return this.state === DestState.COMPLETED || this.state === DestState.FAILED;
   }
 
+  /** True once the guest may be running here with pages still missing (postcopy). */
+  get postcopy(): boolean {
+    return this.state === DestState.LISTENING || this.state === DestState.RUNNING || this.state === DestState.END;
+  }
+
+  /** Whether the table allows `next` from the current state. */
+  can(next: DestState): boolean {
+    return next === DestState.FAILED ? !this.terminal : TRANSITIONS[this.state].includes(next);
+  }
+
   /** Moves to `next` on `command`, or throws if the table forbids it. */
   to(next: DestState, command: string): void {
-    if (!TRANSITIONS[this.state].includes(next)) {
+    if (!this.can(next)) {
       throw new StateError(`${command} refused in state ${this.state} (would move to ${next})`);
     }
     this.state = next;
   }
 
-  /** Throws unless the machine is in `state` (for commands that do not change state). */
-  expect(state: DestState, command: string): void {
-    if (this.state !== state) throw new StateError(`${command} refused in state ${this.state} (allowed in ${state})`);
+  /** Throws unless the current state is one of `states` (for commands that keep the state). */
+  expect(states: readonly DestState[], command: string): void {
+    if (!states.includes(this.state)) {
+      throw new StateError(`${command} refused in state ${this.state} (allowed in ${states.join(', ')})`);
+    }
   }
 
   /** Moves to FAILED from any non-terminal state. */

@@ -16,6 +16,8 @@ import {
   MsgType,
   forEachPageRun,
   payloadToBuffer,
+  type AdviseMessage,
+  type DiscardMessage,
   type Frame,
   type SetupMessage,
 } from '@livemig/protocol';
@@ -29,8 +31,10 @@ import {
   type Endpoint,
   type MigrationReport,
 } from '@livemig/transport';
-import { Userfaultfd, UFFD_FEATURE_MISSING_SHMEM, UFFD_FEATURE_MISSING_HUGETLBFS, adoptMapping, mapAnonymous, createMemfd, type Mapping } from '@livemig/uffd';
+import { Userfaultfd, DEFAULT_FEATURES, adoptMapping, mapAnonymous, createMemfd, probeHost, type Mapping } from '@livemig/uffd';
 import { PagePlacer, type PlacerBlock } from './page-placer.js';
+import { Blocktime, LatencyStats, nowUs } from './blocktime.js';
+import { FaultHandler } from './fault-handler.js';
 import { DestState, DestStateMachine } from './dest-state.js';
 import { defaultMachineFactory, type DestMachine, type MachineFactory } from './dest-machine.js';
 
@@ -55,8 +59,13 @@ export interface IncomingOptions {
   machineFactory?: MachineFactory;
   /** Options for the guest's host services, e.g. the kv guest's HTTP port. */
   guestPort?: number;
-  /** Fail when the source sends nothing for this long (default 30 s). */
+  /** Fail when the source sends nothing for this long (default 30 s; postcopy: never while the guest runs here). */
   idleTimeoutMs?: number;
+  /**
+   * Host checks to treat as failed when postcopy is advised (names from `probeHost`, e.g.
+   * `userfaultfd`, `UFFDIO_COPY`): simulates a host that cannot do postcopy.
+   */
+  refuseFeatures?: string[];
   onProgress?: (p: IncomingProgress) => void;
 }
 
@@ -131,6 +140,19 @@ class IncomingSession {
   private lastData = performance.now();
   private done!: (r: IncomingResult) => void;
   private readonly report: MigrationReport;
+  private faults: FaultHandler | null = null;
+  private blocktime: Blocktime | null = null;
+  private readonly latency = new LatencyStats();
+  /** Page key (address) → µs when its fault was read. */
+  private readonly requestedAt = new Map<number, number>();
+  private requests = 0;
+  private discardRanges = 0;
+  private discardCommands = 0;
+  private hugepagesOff = false;
+  private runAt = 0;
+  private stoppedAt = 0;
+  private progressAtRun = 0;
+  private postcopyBytesAtRun = 0;
 
   constructor(opts: IncomingOptions) {
     this.opts = opts;
@@ -195,13 +217,13 @@ class IncomingSession {
         this.state.to(DestState.SETUP, 'SETUP');
         return this.setup(m);
       case MsgType.ROUND:
-        this.state.expect(DestState.SETUP, 'ROUND');
+        this.state.expect(PRECOPY_STATES, 'ROUND');
         this.round = m.round;
         this.report.precopyRounds = m.round;
         this.progress();
         return;
       case MsgType.PAGE_RUN: {
-        this.state.expect(DestState.SETUP, 'PAGE_RUN');
+        this.state.expect(PAGE_STATES, 'PAGE_RUN');
         this.table!.checkMessage(m);
         const b = this.placer!.get(m.block);
         const first = m.offset / b.pageSize;
@@ -209,7 +231,7 @@ class IncomingSession {
         return;
       }
       case MsgType.PAGES: {
-        this.state.expect(DestState.SETUP, 'PAGES');
+        this.state.expect(PAGE_STATES, 'PAGES');
         this.table!.checkMessage(m);
         const b = this.placer!.get(m.block);
         const offs = m.offsets;
@@ -222,20 +244,38 @@ class IncomingSession {
         return;
       }
       case MsgType.ZERO: {
-        this.state.expect(DestState.SETUP, 'ZERO');
+        this.state.expect(PAGE_STATES, 'ZERO');
         this.table!.checkMessage(m);
         const b = this.placer!.get(m.block);
         for (const [offset, count] of m.runs) this.placer!.placer.placeZero(b, offset / b.pageSize, count);
         return;
       }
       case MsgType.DEVICE:
-        this.state.expect(DestState.SETUP, 'DEVICE');
+        this.state.expect([DestState.SETUP, DestState.ADVISE, DestState.DISCARD], 'DEVICE');
         this.device = Buffer.from(payloadToBuffer(f.payload));
         return;
       case MsgType.COMPLETE:
         this.state.to(DestState.COMPLETING, 'COMPLETE');
         this.completeAt = performance.now();
         return this.complete();
+      case MsgType.ADVISE:
+        this.state.expect([DestState.SETUP], 'ADVISE');
+        this.advise(m);
+        return;
+      case MsgType.DISCARD:
+        if (this.state.current !== DestState.DISCARD) this.state.to(DestState.DISCARD, 'DISCARD');
+        this.discard(m);
+        return;
+      case MsgType.LISTEN:
+        this.state.to(DestState.LISTENING, 'LISTEN');
+        this.listen();
+        return;
+      case MsgType.RUN:
+        this.state.to(DestState.RUNNING, 'RUN');
+        return this.runGuest();
+      case MsgType.END:
+        this.state.to(DestState.END, 'END');
+        return this.end();
       case MsgType.PING:
         this.ch!.send({ type: MsgType.PONG, id: m.id });
         return;
@@ -246,6 +286,140 @@ class IncomingSession {
       default:
         throw new Error(`${this.state.describe()}: unexpected ${MsgType[m.type as unknown as keyof typeof MsgType] ?? m.type} from the source`);
     }
+  }
+
+  /** Postcopy advised: check this host can do it; arm the fault thread ahead of time. */
+  private advise(m: AdviseMessage): void {
+    const reasons: string[] = [];
+    for (const ps of m.pageSizes) {
+      if (ps !== 4096 && ps !== 2 * 1024 * 1024) reasons.push(`page size ${ps} is not supported for postcopy here`);
+    }
+    const report = probeHost({ refuse: this.opts.refuseFeatures });
+    if (!report.ok) {
+      for (const c of report.checks) if (c.required && !c.ok) reasons.push(`${c.name}: ${c.reason ?? c.detail}`);
+      if (reasons.length === 0) reasons.push('the host probe failed');
+    }
+    if (reasons.length > 0) {
+      // Refused: precopy carries on (the source decides whether that is acceptable).
+      this.ch!.send({ type: MsgType.ACK, of: MsgType.ADVISE, info: { ok: false, reason: `postcopy is not possible on the destination: ${reasons.join('; ')}` } });
+      return;
+    }
+    this.state.to(DestState.ADVISE, 'ADVISE');
+    const placer = this.placer!.placer;
+    this.faults = new FaultHandler(
+      this.uffd!,
+      [...placer.blocks.values()].map((b) => ({ name: b.name, addr: b.mapping.addr, length: b.mapping.length, pageSize: b.pageSize, state: b.stateBuffer })),
+      {
+        request: (bi, page, tid, t) => this.onFault(bi, page, tid, t, true),
+        duplicate: (bi, page, tid, t) => this.onFault(bi, page, tid, t, false),
+        fatal: (err) => this.ch?.close(err),
+      },
+    );
+    this.ch!.send({ type: MsgType.ACK, of: MsgType.ADVISE, info: { ok: true } });
+  }
+
+  private blockList: PlacerBlock[] | null = null;
+
+  private onFault(bi: number, page: number, tid: number, t: number, isNew: boolean): void {
+    this.blockList ??= [...this.placer!.placer.blocks.values()];
+    const b = this.blockList[bi]!;
+    const key = b.mapping.addr + page * b.pageSize;
+    this.blocktime?.fault(tid, key, t);
+    if (!isNew) return;
+    this.requests++;
+    this.requestedAt.set(key, t);
+    this.ch!.send({ type: MsgType.REQ_PAGES, block: b.name, offset: page * b.pageSize, length: b.pageSize });
+  }
+
+  private onRequestedPlaced(b: PlacerBlock, page: number): void {
+    const key = b.mapping.addr + page * b.pageSize;
+    const t = nowUs();
+    const at = this.requestedAt.get(key);
+    if (at !== undefined) {
+      this.requestedAt.delete(key);
+      this.latency.add(t - at);
+    }
+    this.blocktime?.placed(key, t);
+  }
+
+  /** Source stopped: drop the pages it re-dirtied since it sent them. */
+  private discard(m: DiscardMessage): void {
+    this.table!.checkMessage(m);
+    this.hugepagesOffOnce();
+    const b = this.placer!.get(m.block);
+    for (const [start, length] of m.ranges) {
+      this.placer!.placer.discard(b, start / b.pageSize, (start + length) / b.pageSize);
+      this.discardRanges++;
+    }
+    this.discardCommands++;
+  }
+
+  /** Transparent huge pages would fault in 2 MiB at a time and hide 4 KiB discards: off for postcopy. */
+  private hugepagesOffOnce(): void {
+    if (this.hugepagesOff) return;
+    this.hugepagesOff = true;
+    for (const mp of this.mappings) if (mp.backing !== 'memfd' && mp.pageSize === 4096) mp.madvise('nohugepage');
+  }
+
+  /** Arm fault handling: from now on a guest access to a missing page becomes a request. */
+  private listen(): void {
+    this.hugepagesOffOnce();
+    if (!this.faults) throw new Error('LISTEN without an accepted ADVISE');
+    const placer = this.placer!.placer;
+    placer.postcopy = true;
+    placer.onRequestedPlaced = (b, page) => this.onRequestedPlaced(b, page);
+  }
+
+  /** Start the guest while pages are still missing; confirm so the source can measure downtime. */
+  private async runGuest(): Promise<void> {
+    if (!this.device) throw new Error('RUN without device state');
+    const machine = this.machine!;
+    machine.loadDevice(unpack(this.device));
+    if (this.preparing) await this.preparing;
+    this.blocktime = new Blocktime(machine.vcpuTids ?? []);
+    this.stoppedAt = performance.now();
+    await machine.start({ fresh: false });
+    this.runAt = performance.now();
+    this.progressAtRun = sum(machine.progress?.() ?? []);
+    this.postcopyBytesAtRun = this.placer!.placer.stats.dataBytes;
+    this.report.mode = 'postcopy';
+    this.ch!.send({ type: MsgType.ACK, of: MsgType.RUN });
+    this.progress();
+  }
+
+  /** Every page has arrived: stop fault handling, let userfaultfd go, restore huge pages. */
+  private async end(): Promise<void> {
+    const placer = this.placer!.placer;
+    if (placer.missing > 0) throw new Error(`END while ${placer.missing} pages are still missing`);
+    const endAt = performance.now();
+    const faultsSeen = this.faults!.faults;
+    await this.faults!.stop();
+    this.faults = null;
+    for (const mp of this.mappings) this.uffd!.unregister(mp.addr, mp.length, `block ${mp.name}`);
+    this.uffd!.close();
+    this.uffd = null;
+    for (const mp of this.mappings) if (mp.backing !== 'memfd' && mp.pageSize === 4096) mp.madvise('hugepage');
+    this.state.to(DestState.COMPLETED, 'END');
+    const machine = this.machine!;
+    const r = this.report;
+    const bt = this.blocktime!;
+    r.postcopy = {
+      requests: this.requests,
+      faults: faultsSeen,
+      blocktimeMs: bt.totalMs(),
+      vcpuBlocktimeMs: bt.vcpuMs(),
+      latencyUs: this.latency.summary(),
+      latencyHistogram: this.latency.histogramObject(),
+      durationMs: round1(endAt - this.runAt),
+      guestProgress: sum(machine.progress?.() ?? []) - this.progressAtRun,
+    };
+    r.discard = { ranges: this.discardRanges, commands: this.discardCommands };
+    this.ch!.send({ type: MsgType.SHUT, status: 'ok' });
+    await this.ch!.flushed().catch(() => undefined);
+    this.finishReport(this.runAt, this.runAt - this.stoppedAt);
+    r.ram.postcopyBytes = placer.stats.dataBytes - this.postcopyBytesAtRun;
+    r.ram.precopyBytes = this.postcopyBytesAtRun;
+    this.done({ report: r, machine });
   }
 
   private bounceFor(b: PlacerBlock): Buffer {
@@ -276,7 +450,7 @@ class IncomingSession {
     // The guest kind must be known here before any RAM is created.
     await factory.check(m.guest.kind, m.guest.module, m.guest.config);
     this.mappings = m.blocks.map((b) => this.mapBlock(b.name, b.length, b.pageSize));
-    const uffd = new Userfaultfd({ features: UFFD_FEATURE_MISSING_SHMEM | UFFD_FEATURE_MISSING_HUGETLBFS });
+    const uffd = new Userfaultfd({ features: DEFAULT_FEATURES });
     this.uffd = uffd;
     for (const mp of this.mappings) uffd.register(mp.addr, mp.length, { missing: true }, `block ${mp.name}`);
     this.placer = new PlacerBlockSet(new PagePlacer(uffd, this.mappings));
@@ -331,37 +505,48 @@ class IncomingSession {
     this.uffd!.close();
     this.uffd = null;
     await this.ch!.flushed().catch(() => undefined);
-    const s = this.placer.placer.stats;
+    this.finishReport(startedAt, startedAt - this.completeAt);
+    this.done({ report: this.report, machine: this.machine });
+  }
+
+  /** Fills the report's common figures once the guest runs here. */
+  private finishReport(startedAt: number, downtimeMs: number): void {
+    const s = this.placer!.placer.stats;
     const r = this.report;
     r.status = 'completed';
     r.setupTimeMs = round1(this.setupTimeMs);
-    r.totalTimeMs = round1(startedAt - this.t0);
-    r.downtimeMs = round1(startedAt - this.completeAt);
+    r.totalTimeMs = round1(performance.now() - this.t0);
+    r.downtimeMs = round1(downtimeMs);
     r.ram.pagesNormal = s.pagesNormal;
     r.ram.pagesZero = s.pagesZero;
     r.ram.precopyBytes = s.dataBytes;
     r.ram.transferredBytes = this.ch!.bytesRead;
     r.ram.mbps = mbps(r.ram.transferredBytes, r.totalTimeMs);
     r.peakRssBytes = process.resourceUsage().maxRSS * 1024;
+    void startedAt;
     this.progress();
-    this.done({ report: r, machine: this.machine });
   }
 
   private async fail(err: Error): Promise<void> {
     if (this.state.terminal) return;
     this.state.fail();
     this.ch?.close(err);
-    try {
-      await this.machine?.destroy();
-    } catch {
-      // discarding; the original error is what matters
-    }
-    this.machine = null;
+    // Postcopy: the guest may be blocked on pages that will never come. Closing the
+    // userfaultfd below releases those threads so the guest can be torn down.
+    await this.faults?.kill();
+    this.faults = null;
     try {
       this.uffd?.close();
     } catch {
+      // discarding; the original error is what matters
+    }
+    this.uffd = null;
+    try {
+      await this.machine?.destroy();
+    } catch {
       // ditto
     }
+    this.machine = null;
     for (const mp of this.mappings) mp.unmap();
     this.mappings = [];
     const r = this.report;
@@ -380,6 +565,16 @@ class PlacerBlockSet {
   get(name: string): PlacerBlock {
     return this.placer.block(name);
   }
+}
+
+/** States in which precopy page data may arrive; postcopy pages arrive while LISTENING and RUNNING. */
+const PRECOPY_STATES: readonly DestState[] = [DestState.SETUP, DestState.ADVISE];
+const PAGE_STATES: readonly DestState[] = [DestState.SETUP, DestState.ADVISE, DestState.LISTENING, DestState.RUNNING];
+
+function sum(xs: readonly number[]): number {
+  let n = 0;
+  for (const x of xs) n += x;
+  return n;
 }
 
 function round1(ms: number): number {

@@ -17,14 +17,20 @@ export interface PlacerBlock {
   readonly pageSize: number;
   readonly pages: number;
   readonly mapping: Mapping;
-  /** Per page: PAGE_PRESENT once placed (data or zero), PAGE_MISSING before. */
+  /**
+   * Per page: PAGE_MISSING, PAGE_REQUESTED or PAGE_PRESENT. Backed by a SharedArrayBuffer:
+   * the fault thread reads it and marks pages requested.
+   */
   readonly state: Uint8Array;
+  readonly stateBuffer: SharedArrayBuffer;
   /** Zero-copy Buffer over the block, for overwriting present pages. */
   readonly buffer: Buffer;
 }
 
 export const PAGE_MISSING = 0;
 export const PAGE_PRESENT = 1;
+/** Missing, and the fault thread has asked the source for it (postcopy). */
+export const PAGE_REQUESTED = 2;
 
 export interface PlaceStats {
   pagesNormal: number;
@@ -42,20 +48,40 @@ export interface PlaceStats {
 export class PagePlacer {
   readonly blocks = new Map<string, PlacerBlock>();
   readonly stats: PlaceStats = { pagesNormal: 0, pagesZero: 0, dataBytes: 0, copied: 0, overwritten: 0, present: 0 };
+  /** Total pages of all blocks. */
+  readonly totalPages: number;
+  /**
+   * Postcopy: the guest runs here and owns every present page, so a page arriving again is
+   * dropped instead of overwritten, and the placer never writes guest RAM directly.
+   */
+  postcopy = false;
+  /** Called for each requested page right after it was placed (postcopy latency, blocktime). */
+  onRequestedPlaced: ((b: PlacerBlock, page: number) => void) | null = null;
   private readonly uffd: Userfaultfd;
 
   constructor(uffd: Userfaultfd, mappings: readonly Mapping[]) {
     this.uffd = uffd;
+    let total = 0;
     for (const m of mappings) {
+      const pages = m.length / m.pageSize;
+      const stateBuffer = new SharedArrayBuffer(pages);
       this.blocks.set(m.name, {
         name: m.name,
         pageSize: m.pageSize,
-        pages: m.length / m.pageSize,
+        pages,
         mapping: m,
-        state: new Uint8Array(m.length / m.pageSize),
+        state: new Uint8Array(stateBuffer),
+        stateBuffer,
         buffer: Buffer.from(m.view()),
       });
+      total += pages;
     }
+    this.totalPages = total;
+  }
+
+  /** Pages not yet present. */
+  get missing(): number {
+    return this.totalPages - this.stats.present;
   }
 
   block(name: string): PlacerBlock {
@@ -79,13 +105,12 @@ export class PagePlacer {
       const srcOff = (p - first) * ps;
       const len = (q - p) * ps;
       if (present) {
-        src.copy(b.buffer, p * ps, srcOff, srcOff + len);
+        if (!this.postcopy) src.copy(b.buffer, p * ps, srcOff, srcOff + len);
         this.stats.overwritten += q - p;
       } else {
         this.copyIn(b, p, q, src, srcOff);
-        state.fill(PAGE_PRESENT, p, q);
+        this.markPresent(b, p, q);
         this.stats.copied += q - p;
-        this.stats.present += q - p;
       }
       p = q;
     }
@@ -128,8 +153,9 @@ export class PagePlacer {
       const present = state[p] === PAGE_PRESENT;
       let q = p + 1;
       while (q < end && (state[q] === PAGE_PRESENT) === present) q++;
-      if (present) b.buffer.fill(0, p * ps, q * ps);
-      else this.zeroIn(b, p, q);
+      if (present) {
+        if (!this.postcopy) b.buffer.fill(0, p * ps, q * ps);
+      } else this.zeroIn(b, p, q);
       p = q;
     }
   }
@@ -153,21 +179,56 @@ export class PagePlacer {
         else done += r;
       }
     }
-    b.state.fill(PAGE_PRESENT, first, end);
+    this.markPresent(b, first, end);
+  }
+
+  /** Marks [first, end) present, reporting the pages that had been requested. */
+  private markPresent(b: PlacerBlock, first: number, end: number): void {
+    const state = b.state;
+    const hook = this.onRequestedPlaced;
+    if (hook) {
+      for (let p = first; p < end; p++) {
+        if (state[p] === PAGE_REQUESTED) {
+          state[p] = PAGE_PRESENT;
+          hook(b, p);
+        }
+      }
+    }
+    state.fill(PAGE_PRESENT, first, end);
     this.stats.present += end - first;
+  }
+
+  /**
+   * Drops pages [first, end) of a block so they are missing again (postcopy DISCARD): the
+   * next guest access faults and the page is fetched anew. Anonymous memory: MADV_DONTNEED;
+   * memfd: punch a hole in the file as well.
+   */
+  discard(b: PlacerBlock, first: number, end: number): void {
+    const ps = b.pageSize;
+    const off = first * ps;
+    const len = (end - first) * ps;
+    if (b.mapping.backing === 'memfd') b.mapping.punchHole(off, len);
+    else b.mapping.madvise('dontneed', off, len);
+    let wasPresent = 0;
+    for (let p = first; p < end; p++) if (b.state[p] === PAGE_PRESENT) wasPresent++;
+    b.state.fill(PAGE_MISSING, first, end);
+    this.stats.present -= wasPresent;
   }
 
   /** Zero-maps every page still missing, so nothing can fault once userfaultfd lets go. */
   fillMissing(): number {
     let n = 0;
     for (const b of this.blocks.values()) {
-      let p = b.state.indexOf(PAGE_MISSING);
-      while (p >= 0) {
-        let q = b.state.indexOf(PAGE_PRESENT, p);
-        if (q < 0) q = b.pages;
-        this.zeroIn(b, p, q);
-        n += q - p;
-        p = b.state.indexOf(PAGE_MISSING, q);
+      let p = 0;
+      while (p < b.pages) {
+        while (p < b.pages && b.state[p] === PAGE_PRESENT) p++;
+        let q = p;
+        while (q < b.pages && b.state[q] !== PAGE_PRESENT) q++;
+        if (q > p) {
+          this.zeroIn(b, p, q);
+          n += q - p;
+        }
+        p = q;
       }
     }
     return n;

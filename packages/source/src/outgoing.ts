@@ -1,15 +1,18 @@
 /**
  * outgoing.ts — owns one outgoing migration from start to end: dial the destination, send
- * the guest's description, track dirty pages, run precopy rounds until the rest fits in the
- * downtime limit, then stop the guest, send the last dirty pages and the device state and
- * wait for the destination to confirm it runs the guest.
+ * the guest's description, track dirty pages, run precopy rounds, then either
+ *   - precopy: once the rest fits in the downtime limit, stop the guest, send the last dirty
+ *     pages and the device state, and wait for the destination to confirm it runs the guest; or
+ *   - postcopy (QEMU's order): stop the guest, last dirty sync, DISCARD every page written
+ *     since it was sent, device state, LISTEN, RUN; then serve the destination's page requests
+ *     ahead of a background stream of every page not yet sent, and END.
  *
- * The failure promise: until the destination confirms, any error leaves the source guest
- * running (vCPUs are resumed if the failure came during stop-and-copy), its RAM untouched,
- * and the report says why.
+ * The failure promise: until the destination runs the guest, any error leaves the source
+ * guest running (vCPUs are resumed if it came during the switchover), its RAM untouched, and
+ * the report says why. After RUN the guest lives on the destination and is never resumed here.
  */
 import { pack } from 'msgpackr';
-import { MsgType, newMigrationId, type Frame, type Message } from '@livemig/protocol';
+import { BlockTable, DiscardBatcher, MsgType, newMigrationId, type Frame, type Message } from '@livemig/protocol';
 import {
   connectChannel,
   emptyRamReport,
@@ -24,12 +27,13 @@ import { PageBitmap } from './page-bitmap.js';
 import { PageSender, type SendBlock } from './page-sender.js';
 import { RateLimiter } from './rate-limiter.js';
 import { DirtySync, type DirtyMethod } from './dirty-sync.js';
+import { PostcopyServer } from './postcopy-server.js';
 import type { SourceMachine } from './source-machine.js';
 
 export interface OutgoingOptions {
   /** Destination address, `HOST:PORT` or an endpoint. */
   to: string | Endpoint;
-  /** Page-data rate limit in bytes per second; 0 = unlimited (default). */
+  /** Page-data rate limit in bytes per second; 0 = unlimited (default). Precopy only. */
   maxBandwidth?: number;
   /** Largest acceptable stop-and-copy time in ms (default 300, like QEMU). */
   downtimeLimitMs?: number;
@@ -39,11 +43,21 @@ export interface OutgoingOptions {
   uuid?: string;
   /** Dirty tracking method (default auto: WP-async + PAGEMAP_SCAN, soft-dirty fallback). */
   dirtyMethod?: DirtyMethod;
+  /** Enable postcopy: advised at the start, switched to after `postcopyAfter` (default false). */
+  postcopy?: boolean;
+  /**
+   * When to switch to postcopy: ms after precopy began, or `auto` (when a round sends no
+   * less than the one before it: precopy is not converging). Default `auto`. Precopy that
+   * converges first completes as precopy.
+   */
+  postcopyAfter?: number | 'auto';
+  /** What to do when the destination cannot do postcopy: carry on with precopy (default) or fail. */
+  postcopyFallback?: 'precopy' | 'fail';
   /** Called after every round and phase change. */
   onProgress?: (p: Progress) => void;
 }
 
-export type Phase = 'setup' | 'precopy' | 'stop-and-copy' | 'completed' | 'failed' | 'cancelled';
+export type Phase = 'setup' | 'precopy' | 'stop-and-copy' | 'postcopy' | 'completed' | 'failed' | 'cancelled';
 
 export interface Progress {
   phase: Phase;
@@ -58,11 +72,17 @@ export interface Progress {
   dirtyRate: number;
 }
 
-interface BlockState extends SendBlock {
+/** A block as the source migrates it. */
+export interface BlockState extends SendBlock {
+  /** Pages to (re)send: all at first, then the pages written since they were sent. */
   dirty: PageBitmap;
+  /** Pages sent at least once (the destination holds a copy that may need discarding). */
+  sent: PageBitmap;
 }
 
 const ACK_TIMEOUT_MS = 30_000;
+/** Pages in one precopy batch (1 MiB of 4 KiB pages). */
+const PRECOPY_BATCH = 256;
 
 export class CancelledError extends Error {
   constructor(why = 'migration cancelled') {
@@ -85,6 +105,10 @@ export class OutgoingMigration {
   private waiters = new Map<number, { resolve: (f: Frame) => void; reject: (e: Error) => void }>();
   private progress: Progress;
   private readonly rounds: RoundReport[] = [];
+  private postcopyWanted = false;
+  private postcopyRequested = false;
+  private server: PostcopyServer | null = null;
+  private table: BlockTable | null = null;
 
   constructor(machine: SourceMachine, opts: OutgoingOptions) {
     this.machine = machine;
@@ -110,6 +134,12 @@ export class OutgoingMigration {
     this.downtimeLimitMs = ms;
   }
 
+  /** Asks for the switch to postcopy now (QEMU's migrate-start-postcopy); needs `postcopy: true`. */
+  startPostcopy(): void {
+    if (!this.opts.postcopy) throw new Error('postcopy was not enabled for this migration');
+    this.postcopyRequested = true;
+  }
+
   /** Cancels before switchover: the source guest runs on. */
   cancel(reason = 'migration cancelled'): void {
     this.abort(new CancelledError(reason));
@@ -122,6 +152,7 @@ export class OutgoingMigration {
     this.abortWaiters = [];
     for (const w of this.waiters.values()) w.reject(err);
     this.waiters.clear();
+    this.server?.abort(err);
     this.ch?.close(err instanceof CancelledError ? undefined : err);
   }
 
@@ -159,8 +190,9 @@ export class OutgoingMigration {
     }
     let dirty: DirtySync | null = null;
     let sender: PageSender | null = null;
-    let stoppedAt = 0;
     let guestStopped = false;
+    let pointOfNoReturn = false;
+    let precopyBytes = 0;
     try {
       // --- setup: connect, describe the guest, wait for the destination to accept.
       const ch = await this.race(connectChannel({ endpoint: this.endpoint, role: 'main', uuid: this.uuid }));
@@ -169,7 +201,7 @@ export class OutgoingMigration {
       void ch.whenClosed().then((err) => {
         if (this.phase !== 'completed') this.abort(err ?? new Error('channel to the destination closed'));
       });
-      this.send({
+      const setup = {
         type: MsgType.SETUP,
         guest: {
           kind: this.machine.kind,
@@ -177,32 +209,53 @@ export class OutgoingMigration {
           ...(this.machine.module !== undefined ? { module: this.machine.module } : {}),
         },
         blocks: this.machine.blocks.map((b) => ({ name: b.name, length: b.length, pageSize: b.pageSize })),
-        caps: ['zero-runs'],
+        caps: this.opts.postcopy ? ['zero-runs', 'postcopy'] : ['zero-runs'],
         vcpus: this.machine.vcpus,
-      });
+      } as const;
+      this.table = new BlockTable(setup.blocks);
+      this.send(setup);
       await this.expect(MsgType.SETUP);
+      if (this.opts.postcopy) {
+        // ADVISE first, so a destination that cannot do postcopy says so before any page moves.
+        this.send({ type: MsgType.ADVISE, pageSizes: [...new Set(this.machine.blocks.map((b) => b.pageSize))] });
+        const ack = (await this.expect(MsgType.ADVISE)).msg as { info?: { ok?: boolean; reason?: string } };
+        if (ack.info?.ok === true) this.postcopyWanted = true;
+        else {
+          const reason = ack.info?.reason ?? 'the destination refused postcopy';
+          if ((this.opts.postcopyFallback ?? 'precopy') === 'fail') throw new Error(reason);
+          report.postcopyRefused = reason;
+        }
+      }
       report.setupTimeMs = round1(performance.now() - t0);
 
-      // --- precopy rounds
       const blocks: BlockState[] = this.machine.blocks.map((b) => ({
         name: b.name,
         pageSize: b.pageSize,
         pages: b.length / b.pageSize,
         buffer: Buffer.from(b.mapping.view()),
         dirty: new PageBitmap(b.length / b.pageSize, true),
+        sent: new PageBitmap(b.length / b.pageSize),
       }));
       dirty = new DirtySync(this.machine.blocks, this.opts.dirtyMethod ?? 'auto');
       dirty.start();
       sender = new PageSender(ch, this.limiter);
+      await this.sendUnused(blocks);
+
+      // --- precopy rounds
       this.setPhase('precopy');
+      const precopyStart = performance.now();
+      const after = this.opts.postcopyAfter ?? 'auto';
+      const timeToSwitch = (): boolean =>
+        this.postcopyWanted && (this.postcopyRequested || (typeof after === 'number' && performance.now() - precopyStart >= after));
       let roundNo = 0;
+      let goPostcopy = false;
       for (;;) {
         this.checkAbort();
         roundNo++;
         const rt0 = performance.now();
         const dirtyBefore = countDirty(blocks);
         this.send({ type: MsgType.ROUND, round: roundNo, dirtyBytes: dirtyBefore.bytes });
-        const bytes = await this.sendDirty(sender, blocks);
+        const { bytes, interrupted } = await this.sendDirty(sender, blocks, timeToSwitch);
         const rt1 = performance.now();
         const found = dirty.sync(blocks.map((b) => b.dirty));
         const ms = Math.max(rt1 - rt0, 0.001);
@@ -224,78 +277,158 @@ export class OutgoingMigration {
         this.progress.remainingBytes = remaining.bytes;
         this.progress.transferredBytes = ch.bytesWritten;
         this.opts.onProgress?.(this.status());
-        // Switchover once the rest would take no longer than the downtime limit at the
-        // measured bandwidth (the first round's rate is the best estimate we have).
+        // Precopy completes once the rest would take no longer than the downtime limit at
+        // the measured bandwidth (the best round's rate is the best estimate we have).
         const bandwidth = bestBandwidth(this.rounds, this.limiter.limit);
         const expectedMs = bandwidth > 0 ? (remaining.bytes / bandwidth) * 1000 : Infinity;
-        if (expectedMs <= this.downtimeLimitMs) break;
+        if (!interrupted && expectedMs <= this.downtimeLimitMs) break;
+        const prev = this.rounds[this.rounds.length - 2];
+        const notConverging = after === 'auto' && prev !== undefined && r.bytes >= prev.bytes;
+        if (this.postcopyWanted && (interrupted || timeToSwitch() || notConverging)) {
+          goPostcopy = true;
+          break;
+        }
       }
+      precopyBytes = sender.stats.dataBytes;
 
-      // --- stop and copy
       this.checkAbort();
-      this.setPhase('stop-and-copy');
-      stoppedAt = performance.now();
-      await this.machine.stop();
-      guestStopped = true;
-      this.checkAbort();
-      dirty.sync(blocks.map((b) => b.dirty));
-      await this.sendDirty(sender, blocks);
-      const device = pack(this.machine.saveDevice());
-      this.send({ type: MsgType.DEVICE }, device);
-      this.send({ type: MsgType.COMPLETE });
-      const shut = await this.expect(MsgType.SHUT);
-      if (shut.msg.type !== MsgType.SHUT || shut.msg.status !== 'ok') {
-        throw new Error(`destination failed to start the guest: ${(shut.msg as { reason?: string }).reason ?? 'no reason given'}`);
+      if (!goPostcopy) {
+        // --- stop and copy
+        this.setPhase('stop-and-copy');
+        const stoppedAt = performance.now();
+        await this.machine.stop();
+        guestStopped = true;
+        this.checkAbort();
+        dirty.sync(blocks.map((b) => b.dirty));
+        await this.sendDirty(sender, blocks, () => false);
+        this.send({ type: MsgType.DEVICE }, pack(this.machine.saveDevice()));
+        this.send({ type: MsgType.COMPLETE });
+        const shut = await this.expect(MsgType.SHUT);
+        if (shut.msg.type !== MsgType.SHUT || shut.msg.status !== 'ok') {
+          throw new Error(`destination failed to start the guest: ${(shut.msg as { reason?: string }).reason ?? 'no reason given'}`);
+        }
+        report.downtimeMs = round1(performance.now() - stoppedAt);
+        precopyBytes = sender.stats.dataBytes;
+      } else {
+        // --- postcopy switchover, in QEMU's order
+        this.setPhase('stop-and-copy');
+        report.mode = 'postcopy';
+        const stoppedAt = performance.now();
+        await this.machine.stop();
+        guestStopped = true;
+        this.checkAbort();
+        dirty.sync(blocks.map((b) => b.dirty));
+        report.discard = this.sendDiscards(blocks);
+        this.send({ type: MsgType.DEVICE }, pack(this.machine.saveDevice()));
+        this.send({ type: MsgType.LISTEN });
+        this.server = new PostcopyServer(ch, sender, blocks);
+        this.limiter.setLimit(0); // postcopy runs at full speed: the guest waits for these pages
+        pointOfNoReturn = true; // from RUN on, the guest lives on the destination
+        this.send({ type: MsgType.RUN });
+        await this.expect(MsgType.RUN);
+        report.downtimeMs = round1(performance.now() - stoppedAt);
+        dirty.stop();
+        dirty = null;
+        this.setPhase('postcopy');
+        const postStart = performance.now();
+        await this.race(this.server.run());
+        this.send({ type: MsgType.END });
+        const shut = await this.expect(MsgType.SHUT);
+        if (shut.msg.type !== MsgType.SHUT || shut.msg.status !== 'ok') {
+          throw new Error(`destination failed to finish postcopy: ${(shut.msg as { reason?: string }).reason ?? 'no reason given'}`);
+        }
+        report.postcopy = { requests: this.server.stats.requests, durationMs: round1(performance.now() - postStart) };
+        report.ram.postcopyBytes = sender.stats.dataBytes - precopyBytes;
       }
-      report.downtimeMs = round1(performance.now() - stoppedAt);
       // Tracking ends off the critical path: the guest is stopped, nothing writes any more.
-      dirty.stop();
+      dirty?.stop();
       dirty = null;
       this.setPhase('completed');
       report.status = 'completed';
     } catch (e) {
       const err = e instanceof Error ? e : new Error(String(e));
       this.abort(err);
-      if (guestStopped) await this.machine.cont();
+      if (guestStopped && !pointOfNoReturn) await this.machine.cont();
       report.status = err instanceof CancelledError ? 'cancelled' : 'failed';
-      report.error = err.message;
+      report.error = pointOfNoReturn ? `${err.message} (after switchover to postcopy: the guest's RAM is split between both hosts)` : err.message;
       this.setPhase(report.status);
     } finally {
       if (timer) clearTimeout(timer);
       dirty?.stop();
-      if (this.ch && !this.ch.closed) {
-        if (report.status === 'completed') {
-          await this.ch.flushed().catch(() => undefined);
-          this.ch.close();
-        }
+      if (this.ch && !this.ch.closed && report.status === 'completed') {
+        await this.ch.flushed().catch(() => undefined);
+        this.ch.close();
       }
     }
     report.totalTimeMs = round1(performance.now() - t0);
     if (sender) {
       report.ram.pagesNormal = sender.stats.pagesNormal;
       report.ram.pagesZero = sender.stats.pagesZero;
-      report.ram.precopyBytes = sender.stats.dataBytes;
+      report.ram.precopyBytes = precopyBytes;
     }
     report.ram.transferredBytes = this.ch?.bytesWritten ?? 0;
     report.ram.mbps = mbps(report.ram.transferredBytes, report.totalTimeMs);
     return report;
   }
 
-  /** Sends every dirty page of every block, clearing its dirty flag first. */
-  private async sendDirty(sender: PageSender, blocks: BlockState[]): Promise<number> {
+  /**
+   * Pages the guest declared unused (QEMU's RamDiscardManager case) are never sent with data:
+   * they go as zero runs up front, so the destination maps them as zero pages and never asks.
+   */
+  private async sendUnused(blocks: BlockState[]): Promise<void> {
+    const ranges = this.machine.unusedRanges?.() ?? [];
+    for (const r of ranges) {
+      const b = blocks.find((x) => x.name === r.block);
+      if (!b) continue;
+      const first = Math.ceil(r.offset / b.pageSize);
+      const end = Math.floor((r.offset + r.length) / b.pageSize);
+      if (end <= first) continue;
+      b.dirty.clearRange(first, end);
+      for (let p = first; p < end; p += 1 << 20) {
+        const n = Math.min(1 << 20, end - p);
+        this.send({ type: MsgType.ZERO, block: b.name, pageSize: b.pageSize, runs: [[p * b.pageSize, n]] });
+      }
+    }
+  }
+
+  /** DISCARD every page written since it was sent; at most 12 ranges a command. */
+  private sendDiscards(blocks: BlockState[]): { ranges: number; commands: number } {
+    const batcher = new DiscardBatcher((msg) => this.send(msg));
+    for (const b of blocks) {
+      batcher.start(b.name);
+      let p = 0;
+      while (p < b.pages) {
+        // runs of pages that are dirty and were sent
+        while (p < b.pages && !(b.dirty.test(p) && b.sent.test(p))) p++;
+        let q = p;
+        while (q < b.pages && b.dirty.test(q) && b.sent.test(q)) q++;
+        if (q > p) batcher.addRange(p * b.pageSize, (q - p) * b.pageSize);
+        p = q;
+      }
+      batcher.finish();
+    }
+    return { ranges: batcher.stats.ranges, commands: batcher.stats.commands };
+  }
+
+  /**
+   * Sends every dirty page of every block, clearing its dirty flag first. Stops early (and
+   * says so) when `interrupt()` turns true between batches.
+   */
+  private async sendDirty(sender: PageSender, blocks: BlockState[], interrupt: () => boolean): Promise<{ bytes: number; interrupted: boolean }> {
     let bytes = 0;
-    const maxBatch = 256;
     for (const b of blocks) {
       let p = b.dirty.nextSet(0);
       while (p >= 0) {
         this.checkAbort();
-        const end = Math.min(b.dirty.nextClear(p), p + maxBatch);
+        if (interrupt()) return { bytes, interrupted: true };
+        const end = Math.min(b.dirty.nextClear(p), p + PRECOPY_BATCH);
         b.dirty.clearRange(p, end);
+        b.sent.setRange(p, end);
         bytes += await sender.sendRange(b, p, end - p);
         p = b.dirty.nextSet(end);
       }
     }
-    return bytes;
+    return { bytes, interrupted: false };
   }
 
   private send(msg: Message, payload?: Buffer): void {
@@ -321,6 +454,12 @@ export class OutgoingMigration {
   private onReturnFrame(f: Frame): void {
     const m = f.msg;
     switch (m.type) {
+      case MsgType.REQ_PAGES: {
+        if (!this.server) throw new Error('REQ_PAGES before postcopy');
+        this.table!.checkMessage(m);
+        this.server.request(m.block, m.offset, m.length);
+        return;
+      }
       case MsgType.ACK: {
         const w = this.waiters.get(m.of);
         if (w) {
@@ -348,7 +487,7 @@ export class OutgoingMigration {
       case MsgType.PONG:
         return;
       default:
-        throw new Error(`unexpected ${MsgType[m.type as unknown as keyof typeof MsgType] ?? m.type} on the return path`);
+        throw new Error(`unexpected message type ${m.type} on the return path`);
     }
   }
 
@@ -356,8 +495,18 @@ export class OutgoingMigration {
   private race<T>(p: Promise<T>): Promise<T> {
     if (this.abortError) return Promise.reject(this.abortError);
     return new Promise<T>((resolve, reject) => {
-      this.abortWaiters.push(reject);
-      p.then(resolve, reject);
+      const onAbort = (e: Error): void => reject(e);
+      this.abortWaiters.push(onAbort);
+      p.then(
+        (v) => {
+          this.abortWaiters = this.abortWaiters.filter((w) => w !== onAbort);
+          resolve(v);
+        },
+        (e) => {
+          this.abortWaiters = this.abortWaiters.filter((w) => w !== onAbort);
+          reject(e);
+        },
+      );
     });
   }
 }

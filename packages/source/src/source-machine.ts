@@ -28,4 +28,6 @@ export interface SourceMachine {
   cont(): Promise<void> | void;
   /** The device state (msgpack-able); only while stopped. */
   saveDevice(): unknown;
+  /** Ranges the guest declared unused (never sent with data; zero on the destination). */
+  unusedRanges?(): ReadonlyArray<{ block: string; offset: number; length: number }>;
 }

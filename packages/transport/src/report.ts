@@ -41,6 +41,25 @@ export interface RoundReport {
   dirtyBytes: number;
 }
 
+export interface PostcopyReport {
+  /** Page requests sent (destination) or served (source). */
+  requests: number;
+  /** Destination: fault messages read (including duplicates). */
+  faults?: number;
+  /** Destination: time during which all vCPUs were blocked at once (QEMU's blocktime), ms. */
+  blocktimeMs?: number;
+  /** Destination: per-vCPU time blocked on missing pages, ms. */
+  vcpuBlocktimeMs?: number[];
+  /** Destination: fault-to-placement latency of requested pages, µs. */
+  latencyUs?: { p50: number; p99: number; max: number };
+  /** Destination: latency histogram, log2 µs buckets (`"64-128us": n`). */
+  latencyHistogram?: Record<string, number>;
+  /** Time from the guest starting here (RUN) to the last page (END), ms. */
+  durationMs?: number;
+  /** Destination: guest steps run during postcopy (the guest made progress while pages were missing). */
+  guestProgress?: number;
+}
+
 export interface MigrationReport {
   role: 'source' | 'destination';
   status: MigrationStatus;
@@ -57,6 +76,12 @@ export interface MigrationReport {
   /** Destination: peak resident set size of the process, bytes. */
   peakRssBytes?: number;
   error?: string;
+  /** Postcopy figures (destination: faults and latency; source: requests served). */
+  postcopy?: PostcopyReport;
+  /** Postcopy discards: byte ranges dropped on the destination and the commands that carried them. */
+  discard?: { ranges: number; commands: number };
+  /** Source: why postcopy was not used although asked for (the destination refused ADVISE). */
+  postcopyRefused?: string;
   /** Source after a failed migration: whether the guest still runs there. */
   sourceGuest?: { running: boolean };
   /** CLI ping-pong: the report of the guest coming back (`send --return-listen`). */

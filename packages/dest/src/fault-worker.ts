@@ -1,0 +1,90 @@
+/**
+ * fault-worker.ts — the destination's fault thread (a worker). It blocks in poll() on the
+ * userfaultfd and a stop eventfd, reads fault messages in batches and, for each vCPU fault on
+ * a page:
+ *   - already present (a racing placement woke the thread): UFFDIO_WAKE, nothing else;
+ *   - missing: marks it requested in the shared page-state array and reports it as new;
+ *   - already requested: reports it as a duplicate (for blocktime), no second request.
+ * Reports go to the main thread in one message per read batch. This thread never touches
+ * guest RAM: it only reads fault messages and the page-state arrays.
+ */
+import { isMainThread, parentPort, workerData } from 'node:worker_threads';
+import {
+  EventFd,
+  FdWaiter,
+  UFFD_EVENT_PAGEFAULT,
+  UFFD_MSG_SIZE,
+  Userfaultfd,
+  faultAddress,
+  faultTid,
+  msgEvent,
+} from '@livemig/uffd';
+
+import { FAULT_FIELDS, FAULT_OUTSIDE, type FaultWorkerData } from './fault-messages.js';
+
+const MISSING = 0;
+const PRESENT = 1;
+const REQUESTED = 2;
+
+function run(data: FaultWorkerData): void {
+  const uffd = Userfaultfd.fromFd(data.uffdFd, data.features);
+  const stop = EventFd.fromFd(data.stopFd);
+  const blocks = data.blocks.map((b) => ({ ...b, end: b.addr + b.length, states: new Uint8Array(b.state) }));
+  const waiter = new FdWaiter([data.uffdFd, data.stopFd]);
+  const buf = new Uint8Array(UFFD_MSG_SIZE * 128);
+  for (;;) {
+    const ready = waiter.wait(-1);
+    if (ready & 2) {
+      stop.drain();
+      parentPort!.postMessage({ type: 'stopped' });
+      return;
+    }
+    if (!(ready & 1)) continue;
+    const n = uffd.readRaw(buf);
+    if (n <= 0) continue; // EAGAIN: a racing UFFDIO_COPY already woke the thread
+    const out = new Float64Array(n * FAULT_FIELDS);
+    let k = 0;
+    const t = Number(process.hrtime.bigint() / 1000n);
+    for (let i = 0; i < n; i++) {
+      if (msgEvent(buf, i) !== UFFD_EVENT_PAGEFAULT) continue;
+      const addr = faultAddress(buf, i);
+      const tid = faultTid(buf, i);
+      let bi = -1;
+      for (let j = 0; j < blocks.length; j++) {
+        if (addr >= blocks[j]!.addr && addr < blocks[j]!.end) {
+          bi = j;
+          break;
+        }
+      }
+      if (bi < 0) {
+        out[k++] = FAULT_OUTSIDE;
+        out[k++] = addr;
+        out[k++] = tid;
+        out[k++] = t;
+        out[k++] = 0;
+        continue;
+      }
+      const b = blocks[bi]!;
+      const page = Math.floor((addr - b.addr) / b.pageSize);
+      const prev = Atomics.compareExchange(b.states, page, MISSING, REQUESTED);
+      if (prev === PRESENT) {
+        uffd.wake(b.addr + page * b.pageSize, b.pageSize);
+        continue;
+      }
+      out[k++] = bi;
+      out[k++] = page;
+      out[k++] = tid;
+      out[k++] = t;
+      out[k++] = prev === REQUESTED ? 1 : 0;
+    }
+    if (k > 0) parentPort!.postMessage({ type: 'faults', faults: k === out.length ? out : out.slice(0, k) });
+  }
+}
+
+if (!isMainThread) {
+  try {
+    run(workerData as FaultWorkerData);
+  } catch (e) {
+    parentPort!.postMessage({ type: 'error', message: (e as Error).message });
+  }
+}
