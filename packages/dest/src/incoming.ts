@@ -148,6 +148,8 @@ class IncomingSession {
   private requests = 0;
   private discardRanges = 0;
   private discardCommands = 0;
+  private discardPages = 0;
+  private discardMaxRanges = 0;
   private hugepagesOff = false;
   private runAt = 0;
   private stoppedAt = 0;
@@ -350,8 +352,10 @@ class IncomingSession {
     for (const [start, length] of m.ranges) {
       this.placer!.placer.discard(b, start / b.pageSize, (start + length) / b.pageSize);
       this.discardRanges++;
+      this.discardPages += length / b.pageSize;
     }
     this.discardCommands++;
+    this.discardMaxRanges = Math.max(this.discardMaxRanges, m.ranges.length);
   }
 
   /** Transparent huge pages would fault in 2 MiB at a time and hide 4 KiB discards: off for postcopy. */
@@ -413,7 +417,7 @@ class IncomingSession {
       durationMs: round1(endAt - this.runAt),
       guestProgress: sum(machine.progress?.() ?? []) - this.progressAtRun,
     };
-    r.discard = { ranges: this.discardRanges, commands: this.discardCommands };
+    r.discard = { ranges: this.discardRanges, commands: this.discardCommands, pages: this.discardPages, maxRangesPerCommand: this.discardMaxRanges };
     this.ch!.send({ type: MsgType.SHUT, status: 'ok' });
     await this.ch!.flushed().catch(() => undefined);
     this.finishReport(this.runAt, this.runAt - this.stoppedAt);

@@ -392,8 +392,9 @@ export class OutgoingMigration {
   }
 
   /** DISCARD every page written since it was sent; at most 12 ranges a command. */
-  private sendDiscards(blocks: BlockState[]): { ranges: number; commands: number } {
+  private sendDiscards(blocks: BlockState[]): { ranges: number; commands: number; pages: number } {
     const batcher = new DiscardBatcher((msg) => this.send(msg));
+    let pages = 0;
     for (const b of blocks) {
       batcher.start(b.name);
       let p = 0;
@@ -402,12 +403,15 @@ export class OutgoingMigration {
         while (p < b.pages && !(b.dirty.test(p) && b.sent.test(p))) p++;
         let q = p;
         while (q < b.pages && b.dirty.test(q) && b.sent.test(q)) q++;
-        if (q > p) batcher.addRange(p * b.pageSize, (q - p) * b.pageSize);
+        if (q > p) {
+          batcher.addRange(p * b.pageSize, (q - p) * b.pageSize);
+          pages += q - p;
+        }
         p = q;
       }
       batcher.finish();
     }
-    return { ranges: batcher.stats.ranges, commands: batcher.stats.commands };
+    return { ranges: batcher.stats.ranges, commands: batcher.stats.commands, pages };
   }
 
   /**

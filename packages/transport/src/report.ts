@@ -78,8 +78,8 @@ export interface MigrationReport {
   error?: string;
   /** Postcopy figures (destination: faults and latency; source: requests served). */
   postcopy?: PostcopyReport;
-  /** Postcopy discards: byte ranges dropped on the destination and the commands that carried them. */
-  discard?: { ranges: number; commands: number };
+  /** Postcopy discards: byte ranges dropped on the destination, the commands that carried them, the pages they covered. */
+  discard?: { ranges: number; commands: number; pages: number; /** destination: most ranges seen in one command */ maxRangesPerCommand?: number };
   /** Source: why postcopy was not used although asked for (the destination refused ADVISE). */
   postcopyRefused?: string;
   /** Source after a failed migration: whether the guest still runs there. */

@@ -1,0 +1,149 @@
+/**
+ * Postcopy live migration end to end: two real processes over TCP, the destination running
+ * the guest while its RAM is still arriving, missing pages caught by userfaultfd.
+ */
+import { expect } from 'chai';
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { ROOT, freePort, migrate } from './support/procs.js';
+
+const SCRIBBLE = path.join(ROOT, 'test/fixtures/scribble-guest.mjs');
+
+describe('postcopy migration between two processes', function () {
+  this.timeout(180_000);
+
+  it('moves a 512 MiB ab guest dirtying at full speed: completes, 0 bad pages, the guest progressed on the destination, requests > 0', async () => {
+    const recv = migrate('recv', '--listen', '127.0.0.1:0', '--run-after', '300', '--json');
+    const addr = await recv.listening();
+    const send = migrate('send', '--to', addr, '--ram', '512M', '--vcpus', '2', '--migrate-after', '200', '--postcopy', '--postcopy-after', '300', '--json');
+    const [s, r] = await Promise.all([send.done(), recv.done()]);
+    expect(s.code, send.stderr).to.equal(0);
+    expect(r.code, recv.stderr).to.equal(0);
+    const sr = send.report();
+    const rr = recv.report();
+    expect(sr.mode).to.equal('postcopy');
+    expect(rr.mode).to.equal('postcopy');
+    expect(rr.integrity).to.include({ checked: true, bad: 0 });
+    expect(rr.integrity.pages).to.equal(131072);
+    expect(rr.postcopy.requests).to.be.greaterThan(0);
+    expect(sr.postcopy.requests).to.equal(rr.postcopy.requests);
+    expect(rr.postcopy.guestProgress).to.be.greaterThan(0);
+    expect(rr.postcopy.latencyUs).to.have.keys('p50', 'p99', 'max');
+    expect(rr.postcopy.vcpuBlocktimeMs).to.have.length(2);
+    expect(rr.postcopy.blocktimeMs).to.be.a('number');
+    expect(Object.values(rr.postcopy.latencyHistogram as Record<string, number>).reduce((a, b) => a + b, 0)).to.be.greaterThan(0);
+    expect(sr.ram.postcopyBytes).to.be.greaterThan(0);
+    expect(sr.downtimeMs).to.be.lessThan(1000);
+  });
+
+  it('discards exactly the pages re-dirtied after they were sent, at most 12 ranges a command', async () => {
+    // 30 runs of 1–3 pages, scattered: 30 ranges, 3 commands.
+    const pages: number[] = [];
+    const runs: number[][] = [];
+    for (let i = 0; i < 30; i++) {
+      const start = 100 + i * 97;
+      const len = 1 + (i % 3);
+      const run = Array.from({ length: len }, (_, k) => start + k);
+      runs.push(run);
+      pages.push(...run);
+    }
+    const recv = migrate('recv', '--listen', '127.0.0.1:0', '--run-after', '200', '--json');
+    const addr = await recv.listening();
+    // The rate limit keeps every later round (the scribbled pages) longer than the downtime
+    // limit, so precopy cannot converge and postcopy starts after round 1 has sent every page.
+    const send = migrate(
+      'send', '--to', addr, '--guest', SCRIBBLE, '--guest-config', JSON.stringify({ pages }), '--ram', '16M', '--vcpus', '1',
+      '--migrate-after', '100', '--max-bandwidth', '8M', '--downtime-limit', '1', '--postcopy', '--postcopy-after', '2600', '--json',
+    );
+    const [s, r] = await Promise.all([send.done(), recv.done()]);
+    expect(s.code, send.stderr).to.equal(0);
+    expect(r.code, recv.stderr).to.equal(0);
+    const sr = send.report();
+    const rr = recv.report();
+    expect(sr.mode).to.equal('postcopy');
+    const want = { ranges: runs.length, commands: Math.ceil(runs.length / 12), pages: pages.length };
+    expect(sr.discard).to.deep.equal(want);
+    expect(rr.discard).to.deep.include(want);
+    expect(rr.discard.maxRangesPerCommand).to.be.at.most(12);
+    expect(rr.integrity).to.include({ checked: true, bad: 0 });
+  });
+
+  it('serves every kv key on the destination during and after postcopy', async () => {
+    const srcPort = await freePort();
+    const dstPort = await freePort();
+    const recv = migrate('recv', '--listen', '127.0.0.1:0', '--guest-port', String(dstPort), '--run-after', '1500', '--json');
+    const addr = await recv.listening();
+    const send = migrate(
+      'send', '--to', addr, '--guest', 'kv', '--ram', '512M', '--vcpus', '1', '--guest-port', String(srcPort),
+      '--migrate-after', '1500', '--postcopy', '--postcopy-after', '0', '--max-bandwidth', '1G', '--json',
+    );
+    const keys = Array.from({ length: 64 }, (_, i) => [`k${i}`, `v${i}-${'y'.repeat(1000 + i * 50)}`] as const);
+    await waitHttp(srcPort);
+    for (const [k, v] of keys) {
+      const res = await fetch(`http://127.0.0.1:${srcPort}/kv/${k}`, { method: 'PUT', body: v });
+      expect(res.status).to.be.oneOf([200, 201, 204]);
+    }
+    let sendDone = false;
+    void send.exited.then(() => (sendDone = true));
+    await waitHttp(dstPort, 30_000);
+    let readDuring = 0;
+    while (!sendDone) {
+      for (const [k, v] of keys) {
+        const res = await fetch(`http://127.0.0.1:${dstPort}/kv/${k}`);
+        expect(res.status, `GET ${k} during postcopy`).to.equal(200);
+        expect(await res.text()).to.equal(v);
+        if (!sendDone) readDuring++;
+      }
+    }
+    expect((await send.done()).code, send.stderr).to.equal(0);
+    expect(send.report().mode).to.equal('postcopy');
+    expect(readDuring, 'keys read while postcopy was running').to.be.greaterThan(0);
+    for (const [k, v] of keys) {
+      const res = await fetch(`http://127.0.0.1:${dstPort}/kv/${k}`);
+      expect(await res.text()).to.equal(v);
+    }
+    expect((await recv.done()).code, recv.stderr).to.equal(0);
+    expect(recv.report().integrity.bad).to.equal(0);
+  });
+
+  it('falls back to precopy when the destination host cannot do postcopy, and says why', async () => {
+    const recv = migrate('recv', '--listen', '127.0.0.1:0', '--refuse-feature', 'userfaultfd', '--run-after', '200', '--json');
+    const addr = await recv.listening();
+    const send = migrate('send', '--to', addr, '--ram', '64M', '--vcpus', '1', '--migrate-after', '100', '--postcopy', '--postcopy-after', '0', '--json');
+    const [s, r] = await Promise.all([send.done(), recv.done()]);
+    expect(s.code, send.stderr).to.equal(0);
+    expect(r.code, recv.stderr).to.equal(0);
+    const sr = send.report();
+    expect(sr.mode).to.equal('precopy');
+    expect(sr.postcopyRefused).to.match(/postcopy is not possible on the destination: userfaultfd/);
+    expect(recv.report().integrity.bad).to.equal(0);
+  });
+
+  it('keeps the source guest running when the destination refuses ADVISE and postcopy is required', async () => {
+    const recv = migrate('recv', '--listen', '127.0.0.1:0', '--refuse-feature', 'UFFDIO_COPY', '--json');
+    const addr = await recv.listening();
+    const send = migrate('send', '--to', addr, '--ram', '64M', '--vcpus', '1', '--migrate-after', '100', '--postcopy', '--postcopy-fallback', 'fail', '--json');
+    const [s, r] = await Promise.all([send.done(), recv.done(20_000)]);
+    expect(s.code).to.equal(1);
+    expect(r.code).to.equal(1);
+    const sr = send.report();
+    expect(sr.status).to.equal('failed');
+    expect(sr.error).to.match(/UFFDIO_COPY/);
+    expect(sr.ram.pagesNormal).to.equal(0);
+    expect(sr.sourceGuest).to.deep.equal({ running: true });
+    expect(sr.integrity).to.include({ checked: true, bad: 0 });
+  });
+});
+
+async function waitHttp(port: number, timeoutMs = 10_000): Promise<void> {
+  const until = Date.now() + timeoutMs;
+  while (Date.now() < until) {
+    try {
+      await fetch(`http://127.0.0.1:${port}/kv/__probe__`);
+      return;
+    } catch {
+      await sleep(20);
+    }
+  }
+  throw new Error(`guest HTTP server on port ${port} never answered`);
+}
