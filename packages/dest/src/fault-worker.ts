@@ -3,6 +3,7 @@
  * userfaultfd and a stop eventfd, reads fault messages in batches and, for each vCPU fault on
  * a page:
  *   - already present (a racing placement woke the thread): UFFDIO_WAKE, nothing else;
+ *   - known zero (sent as a zero page, left unmapped): maps the zero page itself, no request;
  *   - missing: marks it requested in the shared page-state array and reports it as new;
  *   - already requested: reports it as a duplicate (for blocktime), no second request.
  * Reports go to the main thread in one message per read batch. This thread never touches
@@ -25,6 +26,13 @@ import { FAULT_FIELDS, FAULT_OUTSIDE, type FaultWorkerData } from './fault-messa
 const MISSING = 0;
 const PRESENT = 1;
 const REQUESTED = 2;
+const ZERO = 3;
+
+let zeroBuffer: Buffer | null = null;
+function zeroHuge(size: number): Buffer {
+  if (!zeroBuffer || zeroBuffer.length !== size) zeroBuffer = Buffer.alloc(size);
+  return zeroBuffer;
+}
 
 function run(data: FaultWorkerData): void {
   const uffd = Userfaultfd.fromFd(data.uffdFd, data.features);
@@ -69,6 +77,13 @@ function run(data: FaultWorkerData): void {
       const prev = Atomics.compareExchange(b.states, page, MISSING, REQUESTED);
       if (prev === PRESENT) {
         uffd.wake(b.addr + page * b.pageSize, b.pageSize);
+        continue;
+      }
+      if (prev === ZERO) {
+        const at = b.addr + page * b.pageSize;
+        if (b.pageSize === 4096) uffd.zeropage(at, 4096, 0, () => `block ${b.name}, offset 0x${(page * 4096).toString(16)}`);
+        else uffd.copy(at, zeroHuge(b.pageSize), b.pageSize, 0, () => `block ${b.name}, offset 0x${(page * b.pageSize).toString(16)}`);
+        Atomics.compareExchange(b.states, page, ZERO, PRESENT);
         continue;
       }
       out[k++] = bi;

@@ -30,6 +30,8 @@ import {
   type Channel,
   type Endpoint,
   type MigrationReport,
+  trace,
+  WRITE_HIGH_WATER_MARK,
 } from '@livemig/transport';
 import { Userfaultfd, DEFAULT_FEATURES, adoptMapping, mapAnonymous, createMemfd, probeHost, type Mapping } from '@livemig/uffd';
 import { PagePlacer, type PlacerBlock } from './page-placer.js';
@@ -94,7 +96,7 @@ export class IncomingMigration {
   /** Starts listening. */
   static async listen(opts: IncomingOptions): Promise<IncomingMigration> {
     const ep = typeof opts.listen === 'string' ? parseEndpoint(opts.listen) : opts.listen;
-    const server = net.createServer({ pauseOnConnect: true });
+    const server = net.createServer({ pauseOnConnect: true, highWaterMark: WRITE_HIGH_WATER_MARK });
     await new Promise<void>((resolve, reject) => {
       server.once('error', (e: NodeJS.ErrnoException) => reject(new Error(`listen on ${formatEndpoint(ep)} failed: ${e.code ?? e.message}`)));
       server.listen(ep.port, ep.host, () => resolve());
@@ -259,6 +261,7 @@ class IncomingSession {
       case MsgType.COMPLETE:
         this.state.to(DestState.COMPLETING, 'COMPLETE');
         this.completeAt = performance.now();
+        trace('dest', 'COMPLETE');
         return this.complete();
       case MsgType.ADVISE:
         this.state.expect([DestState.SETUP], 'ADVISE');
@@ -382,7 +385,9 @@ class IncomingSession {
     if (this.preparing) await this.preparing;
     this.blocktime = new Blocktime(machine.vcpuTids ?? []);
     this.stoppedAt = performance.now();
+    trace('dest', 'RUN: device loaded, vCPUs prepared');
     await machine.start({ fresh: false });
+    trace('dest', 'guest started (postcopy)');
     this.runAt = performance.now();
     this.progressAtRun = sum(machine.progress?.() ?? []);
     this.postcopyBytesAtRun = this.placer!.placer.stats.dataBytes;
@@ -399,9 +404,7 @@ class IncomingSession {
     const faultsSeen = this.faults!.faults;
     await this.faults!.stop();
     this.faults = null;
-    for (const mp of this.mappings) this.uffd!.unregister(mp.addr, mp.length, `block ${mp.name}`);
-    this.uffd!.close();
-    this.uffd = null;
+    this.releaseUffd();
     for (const mp of this.mappings) if (mp.backing !== 'memfd' && mp.pageSize === 4096) mp.madvise('hugepage');
     this.state.to(DestState.COMPLETED, 'END');
     const machine = this.machine!;
@@ -475,6 +478,7 @@ class IncomingSession {
     }
     this.setupTimeMs = performance.now() - this.t0;
     this.ch!.send({ type: MsgType.ACK, of: MsgType.SETUP });
+    trace('dest', 'setup accepted');
   }
 
   private mapBlock(name: string, length: number, pageSize: number): Mapping {
@@ -496,21 +500,32 @@ class IncomingSession {
   private async complete(): Promise<void> {
     if (!this.machine || !this.placer) throw new Error('COMPLETE before SETUP');
     if (!this.device) throw new Error('COMPLETE without device state');
-    // Every page is sent in precopy; zero-map any the source left out so no access can fault.
-    this.placer.placer.fillMissing();
+    // Every page is sent in precopy; any the source left out reads as zero, like the zero pages.
+    this.placer.placer.zeroUnreceived();
+    trace('dest', 'unreceived pages recorded');
     this.machine.loadDevice(unpack(this.device));
+    trace('dest', 'device loaded');
+    // Zero pages were left missing: userfaultfd lets go first, so they read as zeros.
+    this.releaseUffd();
+    trace('dest', 'userfaultfd released');
     if (this.preparing) await this.preparing;
+    trace('dest', 'device loaded, vCPUs prepared');
     await this.machine.start({ fresh: false });
+    trace('dest', 'guest started');
     const startedAt = performance.now();
     this.state.to(DestState.COMPLETED, 'start');
     this.ch!.send({ type: MsgType.SHUT, status: 'ok' });
-    // Off the critical path: every page is present, so userfaultfd can let go while the guest runs.
-    for (const mp of this.mappings) this.uffd!.unregister(mp.addr, mp.length, `block ${mp.name}`);
-    this.uffd!.close();
-    this.uffd = null;
     await this.ch!.flushed().catch(() => undefined);
     this.finishReport(startedAt, startedAt - this.completeAt);
     this.done({ report: this.report, machine: this.machine });
+  }
+
+  /** Unregisters every block and closes the userfaultfd: from now on missing pages read as zero. */
+  private releaseUffd(): void {
+    if (!this.uffd) return;
+    for (const mp of this.mappings) this.uffd.unregister(mp.addr, mp.length, `block ${mp.name}`);
+    this.uffd.close();
+    this.uffd = null;
   }
 
   /** Fills the report's common figures once the guest runs here. */

@@ -3,12 +3,17 @@
  *
  * Every block is registered with userfaultfd (MISSING) from the start, so a page that has
  * not arrived yet is placed with UFFDIO_COPY straight from the socket buffer: one ioctl a
- * contiguous run. A page that arrives again (a later precopy round) is already present and is
- * overwritten with a plain copy. A zero page that is still missing is mapped with
- * UFFDIO_ZEROPAGE (the shared zero page: no memory allocated, nothing copied); one already
- * present is cleared.
+ * contiguous run. A page that arrives again during precopy is already present and is
+ * overwritten with a plain copy; during postcopy the guest owns it and a second arrival is
+ * dropped.
  *
- * The placer never reads guest RAM; it writes only to pages it knows are present.
+ * A zero page costs nothing: it is only recorded (PAGE_ZERO) and left missing. When
+ * userfaultfd lets go of the block (precopy complete, postcopy END) a missing page reads as
+ * zero; while postcopy runs, the fault thread maps the zero page for it without asking the
+ * source. A zero page that must be placed now (a vCPU waits for it) gets UFFDIO_ZEROPAGE.
+ *
+ * The placer never reads guest RAM; it writes only to pages it knows are present, and never
+ * during postcopy.
  */
 import { ALREADY_PRESENT, bufferAddress, hex, type Mapping, type Userfaultfd } from '@livemig/uffd';
 
@@ -18,19 +23,24 @@ export interface PlacerBlock {
   readonly pages: number;
   readonly mapping: Mapping;
   /**
-   * Per page: PAGE_MISSING, PAGE_REQUESTED or PAGE_PRESENT. Backed by a SharedArrayBuffer:
-   * the fault thread reads it and marks pages requested.
+   * Per page: PAGE_MISSING, PAGE_PRESENT, PAGE_REQUESTED or PAGE_ZERO. Backed by a
+   * SharedArrayBuffer: the fault thread reads it, marks pages requested and resolves zero
+   * pages.
    */
   readonly state: Uint8Array;
   readonly stateBuffer: SharedArrayBuffer;
-  /** Zero-copy Buffer over the block, for overwriting present pages. */
+  /** Zero-copy Buffer over the block, for overwriting present pages in precopy. */
   readonly buffer: Buffer;
 }
 
+/** Nothing received yet. */
 export const PAGE_MISSING = 0;
+/** Data (or the zero page) is mapped. */
 export const PAGE_PRESENT = 1;
 /** Missing, and the fault thread has asked the source for it (postcopy). */
 export const PAGE_REQUESTED = 2;
+/** Received as a zero page but not mapped (reads as zero once userfaultfd lets go). */
+export const PAGE_ZERO = 3;
 
 export interface PlaceStats {
   pagesNormal: number;
@@ -39,25 +49,26 @@ export interface PlaceStats {
   dataBytes: number;
   /** Pages written by UFFDIO_COPY. */
   copied: number;
-  /** Pages overwritten in place (already present). */
+  /** Pages that arrived when already present (overwritten in precopy, dropped in postcopy). */
   overwritten: number;
-  /** Pages present in guest RAM (placed by copy or zeropage). */
-  present: number;
+  /** Pages received in their current state (present, or known zero). */
+  received: number;
 }
 
 export class PagePlacer {
   readonly blocks = new Map<string, PlacerBlock>();
-  readonly stats: PlaceStats = { pagesNormal: 0, pagesZero: 0, dataBytes: 0, copied: 0, overwritten: 0, present: 0 };
+  readonly stats: PlaceStats = { pagesNormal: 0, pagesZero: 0, dataBytes: 0, copied: 0, overwritten: 0, received: 0 };
   /** Total pages of all blocks. */
   readonly totalPages: number;
   /**
    * Postcopy: the guest runs here and owns every present page, so a page arriving again is
-   * dropped instead of overwritten, and the placer never writes guest RAM directly.
+   * dropped instead of overwritten, and zero pages are mapped at once (a vCPU may wait).
    */
   postcopy = false;
   /** Called for each requested page right after it was placed (postcopy latency, blocktime). */
   onRequestedPlaced: ((b: PlacerBlock, page: number) => void) | null = null;
   private readonly uffd: Userfaultfd;
+  private readonly zeroHuge = new Map<number, Buffer>();
 
   constructor(uffd: Userfaultfd, mappings: readonly Mapping[]) {
     this.uffd = uffd;
@@ -79,9 +90,9 @@ export class PagePlacer {
     this.totalPages = total;
   }
 
-  /** Pages not yet present. */
+  /** Pages not received yet. */
   get missing(): number {
-    return this.totalPages - this.stats.present;
+    return this.totalPages - this.stats.received;
   }
 
   block(name: string): PlacerBlock {
@@ -103,9 +114,8 @@ export class PagePlacer {
       let q = p + 1;
       while (q < end && (state[q] === PAGE_PRESENT) === present) q++;
       const srcOff = (p - first) * ps;
-      const len = (q - p) * ps;
       if (present) {
-        if (!this.postcopy) src.copy(b.buffer, p * ps, srcOff, srcOff + len);
+        if (!this.postcopy) src.copy(b.buffer, p * ps, srcOff, srcOff + (q - p) * ps);
         this.stats.overwritten += q - p;
       } else {
         this.copyIn(b, p, q, src, srcOff);
@@ -127,9 +137,10 @@ export class PagePlacer {
       const at = done;
       const r = this.uffd.copy(dst + done, srcAddr + done, len - done, 0, () => `block ${b.name}, offset ${hex(first * ps + at)}`);
       if (r === ALREADY_PRESENT) {
-        // Someone placed part of this range already (a racing fault); overwrite page by page.
+        // Something placed this page already (the fault thread's zero page, a racing copy):
+        // precopy overwrites it with the newer data, postcopy keeps what the guest sees.
         const pageOff = Math.floor(done / ps) * ps;
-        src.copy(b.buffer, first * ps + pageOff, srcOff + pageOff, srcOff + pageOff + ps);
+        if (!this.postcopy) src.copy(b.buffer, first * ps + pageOff, srcOff + pageOff, srcOff + pageOff + ps);
         done = pageOff + ps;
       } else {
         // A short copy (EAGAIN) resumes where the kernel stopped; one that copies nothing
@@ -142,7 +153,7 @@ export class PagePlacer {
     }
   }
 
-  /** Places `count` zero pages from page index `first`. */
+  /** Records (precopy) or maps (postcopy) `count` zero pages from page index `first`. */
   placeZero(b: PlacerBlock, first: number, count: number): void {
     const ps = b.pageSize;
     const state = b.state;
@@ -155,7 +166,17 @@ export class PagePlacer {
       while (q < end && (state[q] === PAGE_PRESENT) === present) q++;
       if (present) {
         if (!this.postcopy) b.buffer.fill(0, p * ps, q * ps);
-      } else this.zeroIn(b, p, q);
+        else this.stats.overwritten += q - p;
+      } else if (this.postcopy) {
+        this.zeroIn(b, p, q);
+      } else {
+        for (let i = p; i < q; i++) {
+          if (state[i] !== PAGE_ZERO) {
+            state[i] = PAGE_ZERO;
+            this.stats.received++;
+          }
+        }
+      }
       p = q;
     }
   }
@@ -165,7 +186,11 @@ export class PagePlacer {
     const ps = b.pageSize;
     if (ps !== 4096) {
       // hugetlbfs has no UFFDIO_ZEROPAGE: copy from a zero buffer instead.
-      const zero = Buffer.alloc(ps);
+      let zero = this.zeroHuge.get(ps);
+      if (!zero) {
+        zero = Buffer.alloc(ps);
+        this.zeroHuge.set(ps, zero);
+      }
       for (let p = first; p < end; p++) this.copyIn(b, p, p + 1, zero, 0);
     } else {
       const len = (end - first) * ps;
@@ -182,26 +207,25 @@ export class PagePlacer {
     this.markPresent(b, first, end);
   }
 
-  /** Marks [first, end) present, reporting the pages that had been requested. */
+  /** Marks [first, end) present, counting newly received pages and reporting requested ones. */
   private markPresent(b: PlacerBlock, first: number, end: number): void {
     const state = b.state;
     const hook = this.onRequestedPlaced;
-    if (hook) {
-      for (let p = first; p < end; p++) {
-        if (state[p] === PAGE_REQUESTED) {
-          state[p] = PAGE_PRESENT;
-          hook(b, p);
-        }
-      }
+    let fresh = 0;
+    for (let p = first; p < end; p++) {
+      const s = state[p];
+      if (s === PAGE_PRESENT) continue;
+      if (s !== PAGE_ZERO) fresh++;
+      state[p] = PAGE_PRESENT;
+      if (s === PAGE_REQUESTED && hook) hook(b, p);
     }
-    state.fill(PAGE_PRESENT, first, end);
-    this.stats.present += end - first;
+    this.stats.received += fresh;
   }
 
   /**
    * Drops pages [first, end) of a block so they are missing again (postcopy DISCARD): the
    * next guest access faults and the page is fetched anew. Anonymous memory: MADV_DONTNEED;
-   * memfd: punch a hole in the file as well.
+   * memfd: punch a hole in the file.
    */
   discard(b: PlacerBlock, first: number, end: number): void {
     const ps = b.pageSize;
@@ -209,28 +233,25 @@ export class PagePlacer {
     const len = (end - first) * ps;
     if (b.mapping.backing === 'memfd') b.mapping.punchHole(off, len);
     else b.mapping.madvise('dontneed', off, len);
-    let wasPresent = 0;
-    for (let p = first; p < end; p++) if (b.state[p] === PAGE_PRESENT) wasPresent++;
+    let dropped = 0;
+    for (let p = first; p < end; p++) if (b.state[p] === PAGE_PRESENT || b.state[p] === PAGE_ZERO) dropped++;
     b.state.fill(PAGE_MISSING, first, end);
-    this.stats.present -= wasPresent;
+    this.stats.received -= dropped;
   }
 
-  /** Zero-maps every page still missing, so nothing can fault once userfaultfd lets go. */
-  fillMissing(): number {
+  /** Records every page never received as zero (the source sends all; this is a safety net). */
+  zeroUnreceived(): number {
     let n = 0;
     for (const b of this.blocks.values()) {
-      let p = 0;
-      while (p < b.pages) {
-        while (p < b.pages && b.state[p] === PAGE_PRESENT) p++;
-        let q = p;
-        while (q < b.pages && b.state[q] !== PAGE_PRESENT) q++;
-        if (q > p) {
-          this.zeroIn(b, p, q);
-          n += q - p;
+      const state = b.state;
+      for (let p = 0; p < b.pages; p++) {
+        if (state[p] === PAGE_MISSING) {
+          state[p] = PAGE_ZERO;
+          n++;
         }
-        p = q;
       }
     }
+    this.stats.received += n;
     return n;
   }
 }

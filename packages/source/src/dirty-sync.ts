@@ -32,17 +32,21 @@ export class DirtySync {
     this.active = true;
   }
 
-  /** Marks in `bitmaps[i]` every page of block i written since the last sync. */
-  sync(bitmaps: PageBitmap[]): { pages: number; bytes: number } {
+  /**
+   * Marks every page of block i written since the last sync as dirty (to send) and
+   * populated (it holds data now: read it when sending).
+   */
+  sync(bitmaps: ReadonlyArray<{ dirty: PageBitmap; populated: PageBitmap }>): { pages: number; bytes: number } {
     let pages = 0;
     let bytes = 0;
     for (const set of this.tracker.scan()) {
-      const bm = bitmaps[set.index]!;
+      const { dirty, populated } = bitmaps[set.index]!;
       const pageSize = this.blocks[set.index]!.pageSize;
       set.forEach((first, end) => {
         pages += end - first;
         bytes += (end - first) * pageSize;
-        bm.setRange(first, end);
+        dirty.setRange(first, end);
+        populated.setRange(first, end);
       });
     }
     return { pages, bytes };

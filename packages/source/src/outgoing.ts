@@ -22,7 +22,9 @@ import {
   type Endpoint,
   type MigrationReport,
   type RoundReport,
+  trace,
 } from '@livemig/transport';
+import { PagemapScanner, hostHasSwap } from '@livemig/uffd';
 import { PageBitmap } from './page-bitmap.js';
 import { PageSender, type SendBlock } from './page-sender.js';
 import { RateLimiter } from './rate-limiter.js';
@@ -81,8 +83,8 @@ export interface BlockState extends SendBlock {
 }
 
 const ACK_TIMEOUT_MS = 30_000;
-/** Pages in one precopy batch (1 MiB of 4 KiB pages). */
-const PRECOPY_BATCH = 256;
+/** Pages in one precopy batch (4 MiB of 4 KiB pages). */
+const PRECOPY_BATCH = 1024;
 
 export class CancelledError extends Error {
   constructor(why = 'migration cancelled') {
@@ -197,6 +199,7 @@ export class OutgoingMigration {
       // --- setup: connect, describe the guest, wait for the destination to accept.
       const ch = await this.race(connectChannel({ endpoint: this.endpoint, role: 'main', uuid: this.uuid }));
       this.ch = ch;
+      trace('source', 'connected');
       ch.setHandler((f) => this.onReturnFrame(f));
       void ch.whenClosed().then((err) => {
         if (this.phase !== 'completed') this.abort(err ?? new Error('channel to the destination closed'));
@@ -215,6 +218,7 @@ export class OutgoingMigration {
       this.table = new BlockTable(setup.blocks);
       this.send(setup);
       await this.expect(MsgType.SETUP);
+      trace('source', 'setup accepted');
       if (this.opts.postcopy) {
         // ADVISE first, so a destination that cannot do postcopy says so before any page moves.
         this.send({ type: MsgType.ADVISE, pageSizes: [...new Set(this.machine.blocks.map((b) => b.pageSize))] });
@@ -233,11 +237,16 @@ export class OutgoingMigration {
         pageSize: b.pageSize,
         pages: b.length / b.pageSize,
         buffer: Buffer.from(b.mapping.view()),
+        populated: new PageBitmap(b.length / b.pageSize, true),
         dirty: new PageBitmap(b.length / b.pageSize, true),
         sent: new PageBitmap(b.length / b.pageSize),
       }));
       dirty = new DirtySync(this.machine.blocks, this.opts.dirtyMethod ?? 'auto');
       dirty.start();
+      trace('source', 'dirty tracking armed');
+      // Pages never populated by now read as zero; writes from now on are tracked. (Only on
+      // hosts without swap: there a never-populated page under write-protection looks swapped.)
+      if (!hostHasSwap()) for (const b of blocks) markPopulated(b, this.machine.blocks.find((x) => x.name === b.name)!.mapping.addr);
       sender = new PageSender(ch, this.limiter);
       await this.sendUnused(blocks);
 
@@ -256,8 +265,9 @@ export class OutgoingMigration {
         const dirtyBefore = countDirty(blocks);
         this.send({ type: MsgType.ROUND, round: roundNo, dirtyBytes: dirtyBefore.bytes });
         const { bytes, interrupted } = await this.sendDirty(sender, blocks, timeToSwitch);
+        trace('source', `round ${roundNo} sent ${bytes} bytes${interrupted ? ' (interrupted)' : ''}`);
         const rt1 = performance.now();
-        const found = dirty.sync(blocks.map((b) => b.dirty));
+        const found = dirty.sync(blocks);
         const ms = Math.max(rt1 - rt0, 0.001);
         const remaining = countDirty(blocks);
         const r: RoundReport = {
@@ -297,13 +307,17 @@ export class OutgoingMigration {
         this.setPhase('stop-and-copy');
         const stoppedAt = performance.now();
         await this.machine.stop();
+        trace('source', 'guest stopped');
         guestStopped = true;
         this.checkAbort();
-        dirty.sync(blocks.map((b) => b.dirty));
+        dirty.sync(blocks);
+        trace('source', 'final dirty sync');
         await this.sendDirty(sender, blocks, () => false);
+        trace('source', 'last pages sent');
         this.send({ type: MsgType.DEVICE }, pack(this.machine.saveDevice()));
         this.send({ type: MsgType.COMPLETE });
         const shut = await this.expect(MsgType.SHUT);
+        trace('source', 'destination runs the guest');
         if (shut.msg.type !== MsgType.SHUT || shut.msg.status !== 'ok') {
           throw new Error(`destination failed to start the guest: ${(shut.msg as { reason?: string }).reason ?? 'no reason given'}`);
         }
@@ -315,9 +329,11 @@ export class OutgoingMigration {
         report.mode = 'postcopy';
         const stoppedAt = performance.now();
         await this.machine.stop();
+        trace('source', 'guest stopped (postcopy)');
         guestStopped = true;
         this.checkAbort();
-        dirty.sync(blocks.map((b) => b.dirty));
+        dirty.sync(blocks);
+        trace('source', 'final dirty sync');
         report.discard = this.sendDiscards(blocks);
         this.send({ type: MsgType.DEVICE }, pack(this.machine.saveDevice()));
         this.send({ type: MsgType.LISTEN });
@@ -326,12 +342,14 @@ export class OutgoingMigration {
         pointOfNoReturn = true; // from RUN on, the guest lives on the destination
         this.send({ type: MsgType.RUN });
         await this.expect(MsgType.RUN);
+        trace('source', 'destination runs the guest (postcopy)');
         report.downtimeMs = round1(performance.now() - stoppedAt);
         dirty.stop();
         dirty = null;
         this.setPhase('postcopy');
         const postStart = performance.now();
         await this.race(this.server.run());
+        trace('source', 'every page sent');
         this.send({ type: MsgType.END });
         const shut = await this.expect(MsgType.SHUT);
         if (shut.msg.type !== MsgType.SHUT || shut.msg.status !== 'ok') {
@@ -425,7 +443,7 @@ export class OutgoingMigration {
       while (p >= 0) {
         this.checkAbort();
         if (interrupt()) return { bytes, interrupted: true };
-        const end = Math.min(b.dirty.nextClear(p), p + PRECOPY_BATCH);
+        const end = b.dirty.nextClear(p, p + PRECOPY_BATCH);
         b.dirty.clearRange(p, end);
         b.sent.setRange(p, end);
         bytes += await sender.sendRange(b, p, end - p);
@@ -513,6 +531,18 @@ export class OutgoingMigration {
       );
     });
   }
+}
+
+/** Narrows `b.populated` to the pages present in RAM now (the rest read as zero). */
+function markPopulated(b: BlockState, addr: number): void {
+  const bm = new PageBitmap(b.pages);
+  const scanner = new PagemapScanner();
+  try {
+    scanner.populated(addr, b.pages * b.pageSize, b.pageSize, (first, end) => bm.setRange(first, end), { swapped: false });
+  } finally {
+    scanner.close();
+  }
+  b.populated = bm;
 }
 
 function countDirty(blocks: BlockState[]): { pages: number; bytes: number } {

@@ -61,15 +61,21 @@ export class PageBitmap {
     }
   }
 
-  /** First set page at or after `from`, or -1. */
-  nextSet(from: number): number {
-    const i = this.bits.indexOf(1, from);
-    return i;
+  /**
+   * First set page at or after `from`: -1 when there is none, or with `limit` given, the
+   * first in [from, limit) or `limit`.
+   */
+  nextSet(from: number, limit?: number): number {
+    if (limit === undefined) return this.bits.indexOf(1, from);
+    const i = this.bits.subarray(0, limit).indexOf(1, from);
+    return i < 0 ? limit : i;
   }
 
-  /** First clear page at or after `from`, or `pages`. */
-  nextClear(from: number): number {
-    const i = this.bits.indexOf(0, from);
-    return i < 0 ? this.pages : i;
+  /** First clear page in [from, limit) (default: to the end), or `limit`. */
+  nextClear(from: number, limit = this.pages): number {
+    const b = this.bits;
+    const end = Math.min(limit, this.pages);
+    for (let i = from; i < end; i++) if (b[i] === 0) return i;
+    return end;
   }
 }

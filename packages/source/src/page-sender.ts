@@ -2,9 +2,13 @@
  * page-sender.ts — owns putting pages on the wire: a page range of a block becomes PAGE_RUN
  * frames (header + the guest memory itself as payload, never copied) for data pages and ZERO
  * run frames (no payload) for zero pages, honouring the rate limiter and socket backpressure.
+ * Pages the kernel said were never populated when the migration began (and not written since)
+ * are zero without being read — reading them would fault in the zero page, one fault each; the
+ * others are compared with a zero page.
  */
 import { MsgType } from '@livemig/protocol';
 import type { Channel } from '@livemig/transport';
+import type { PageBitmap } from './page-bitmap.js';
 import type { RateLimiter } from './rate-limiter.js';
 
 /** The part of a RAM block the sender needs. */
@@ -14,6 +18,8 @@ export interface SendBlock {
   pages: number;
   /** Zero-copy Buffer over the whole block. */
   buffer: Buffer;
+  /** Pages that may hold data: populated when the migration began, or written since. */
+  populated: PageBitmap;
 }
 
 export interface SendStats {
@@ -26,6 +32,10 @@ export interface SendStats {
 /** Largest PAGE_RUN payload and ZERO frame span. */
 const MAX_RUN_BYTES = 1024 * 1024;
 const MAX_ZERO_RUNS = 1024;
+/** Data runs shorter than this many pages go into a PAGES frame with other short runs. */
+const SPARSE_RUN = 8;
+/** Most pages in one PAGES frame. */
+const MAX_SPARSE = 256;
 
 const zeroPages = new Map<number, Buffer>();
 function zeroPage(pageSize: number): Buffer {
@@ -38,6 +48,16 @@ function zeroPage(pageSize: number): Buffer {
 }
 
 export class PageSender {
+  /** Lets the corked frames go and waits for the socket to drain, then corks again. */
+  private async drain(): Promise<void> {
+    this.ch.uncork();
+    try {
+      await this.ch.drained();
+    } finally {
+      this.ch.cork();
+    }
+  }
+
   readonly stats: SendStats = { pagesNormal: 0, pagesZero: 0, dataBytes: 0 };
   private readonly ch: Channel;
   private readonly limiter: RateLimiter;
@@ -47,75 +67,101 @@ export class PageSender {
     this.limiter = limiter;
   }
 
+
+
   /**
    * Sends pages [first, first + count) of `block`, reading them now. Returns the payload
    * bytes sent.
    */
   async sendRange(block: SendBlock, first: number, count: number): Promise<number> {
+    // All frames of the range leave in one writev; backpressure waits uncork first.
+    this.ch.cork();
+    try {
+      return await this.sendRangeCorked(block, first, count);
+    } finally {
+      this.ch.uncork();
+    }
+  }
+
+  private async sendRangeCorked(block: SendBlock, first: number, count: number): Promise<number> {
     const ps = block.pageSize;
     const buf = block.buffer;
     const zero = zeroPage(ps);
     const maxRun = Math.max(1, Math.floor(MAX_RUN_BYTES / ps));
     const end = first + count;
+    const populated = block.populated;
     let sent = 0;
-    let dataStart = -1;
-    let zeroRuns: Array<[number, number]> = [];
-    let zeroStart = -1;
+    const zeroRuns: Array<[number, number]> = [];
+    // Short data runs are gathered into one PAGES frame (offsets + the pages themselves).
+    const sparseOffsets: number[] = [];
+    const sparseViews: Buffer[] = [];
 
     const flushZero = async (): Promise<void> => {
-      if (zeroStart >= 0) {
-        zeroRuns.push([zeroStart * ps, pZero - zeroStart]);
-        zeroStart = -1;
-      }
       if (zeroRuns.length === 0) return;
       let n = 0;
       for (const r of zeroRuns) n += r[1];
       this.stats.pagesZero += n;
-      const ok = this.ch.send({ type: MsgType.ZERO, block: block.name, pageSize: ps, runs: zeroRuns });
-      zeroRuns = [];
-      if (!ok) await this.ch.drained();
+      const ok = this.ch.send({ type: MsgType.ZERO, block: block.name, pageSize: ps, runs: zeroRuns.splice(0) });
+      if (!ok) await this.drain();
     };
-    let pZero = 0;
-
-    const flushData = async (to: number): Promise<void> => {
-      if (dataStart < 0) return;
-      const n = to - dataStart;
+    const flushSparse = async (): Promise<void> => {
+      const n = sparseOffsets.length;
+      if (n === 0) return;
       const bytes = n * ps;
       await this.limiter.take(bytes);
-      const ok = this.ch.send(
-        { type: MsgType.PAGE_RUN, block: block.name, pageSize: ps, offset: dataStart * ps, count: n },
-        buf.subarray(dataStart * ps, to * ps),
-      );
+      const ok = this.ch.send({ type: MsgType.PAGES, block: block.name, pageSize: ps, offsets: sparseOffsets.splice(0) }, sparseViews.splice(0));
       this.stats.pagesNormal += n;
       this.stats.dataBytes += bytes;
       sent += bytes;
-      dataStart = -1;
-      if (!ok) await this.ch.drained();
+      if (!ok) await this.drain();
+    };
+    const sendRun = async (from: number, to: number): Promise<void> => {
+      if (to - from < SPARSE_RUN) {
+        sparseOffsets.push(from * ps);
+        sparseViews.push(buf.subarray(from * ps, to * ps));
+        for (let p = from + 1; p < to; p++) sparseOffsets.push(p * ps);
+        if (sparseOffsets.length >= MAX_SPARSE) await flushSparse();
+        return;
+      }
+      for (let a = from; a < to; a += maxRun) {
+        const b = Math.min(to, a + maxRun);
+        const bytes = (b - a) * ps;
+        await this.limiter.take(bytes);
+        const ok = this.ch.send({ type: MsgType.PAGE_RUN, block: block.name, pageSize: ps, offset: a * ps, count: b - a }, buf.subarray(a * ps, b * ps));
+        this.stats.pagesNormal += b - a;
+        this.stats.dataBytes += bytes;
+        sent += bytes;
+        if (!ok) await this.drain();
+      }
+    };
+    const addZero = async (from: number, to: number): Promise<void> => {
+      const last = zeroRuns[zeroRuns.length - 1];
+      if (last && last[0] + last[1] * ps === from * ps) last[1] += to - from;
+      else zeroRuns.push([from * ps, to - from]);
+      if (zeroRuns.length >= MAX_ZERO_RUNS) await flushZero();
     };
 
-    for (let p = first; p < end; p++) {
-      const off = p * ps;
-      if (zero.compare(buf, off, off + ps) === 0) {
-        if (dataStart >= 0) await flushData(p);
-        if (zeroStart < 0) zeroStart = p;
-      } else {
-        if (zeroStart >= 0) {
-          zeroRuns.push([zeroStart * ps, p - zeroStart]);
-          zeroStart = -1;
-          if (zeroRuns.length >= MAX_ZERO_RUNS) {
-            pZero = p;
-            await flushZero();
-          }
-        }
-        if (dataStart < 0) dataStart = p;
-        else if (p - dataStart >= maxRun) {
-          await flushData(p);
-          dataStart = p;
-        }
+    let p = first;
+    while (p < end) {
+      if (!populated.test(p)) {
+        // Never populated: zero without reading it.
+        const q = populated.nextSet(p, end);
+        await addZero(p, q);
+        p = q;
+        continue;
+      }
+      // Populated: classify page by page until the next never-populated page.
+      const limit = populated.nextClear(p, end);
+      while (p < limit) {
+        const isZero = zero.compare(buf, p * ps, (p + 1) * ps) === 0;
+        let q = p + 1;
+        while (q < limit && (zero.compare(buf, q * ps, (q + 1) * ps) === 0) === isZero) q++;
+        if (isZero) await addZero(p, q);
+        else await sendRun(p, q);
+        p = q;
       }
     }
-    await flushData(end);
-    pZero = end;
+    await flushSparse();
     await flushZero();
     return sent;
   }

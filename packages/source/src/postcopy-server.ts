@@ -105,7 +105,7 @@ export class PostcopyServer {
       let p = b.dirty.nextSet(from);
       if (p < 0 && k === 0 && from > 0) p = b.dirty.nextSet(0);
       if (p < 0) continue;
-      const end = Math.min(b.dirty.nextClear(p), p + BACKGROUND_BATCH);
+      const end = b.dirty.nextClear(p, p + BACKGROUND_BATCH);
       b.dirty.clearRange(p, end);
       this.cursorBlock = bi;
       this.cursor = end;

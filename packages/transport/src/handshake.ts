@@ -22,6 +22,13 @@ import {
 import { Channel } from './channel.js';
 import { formatEndpoint, type Endpoint } from './address.js';
 
+/**
+ * Bytes a channel queues in user space before `send()` asks the caller to wait for drain.
+ * Queued page payloads are views of guest RAM, not copies, so this costs no memory; it lets
+ * a page range leave in a few large writev calls instead of many small ones.
+ */
+export const WRITE_HIGH_WATER_MARK = 4 * 1024 * 1024;
+
 /** The role a peer answers with: the destination's side of a main connection is the return path. */
 export function replyRole(role: ChannelRole): ChannelRole {
   return role === 'main' ? 'return' : role;
@@ -106,7 +113,9 @@ export async function connectChannel(opts: ConnectOptions): Promise<Channel> {
 
 function dial(endpoint: Endpoint, timeoutMs: number, label: string): Promise<net.Socket> {
   return new Promise((resolve, reject) => {
-    const socket = net.connect({ host: endpoint.host, port: endpoint.port });
+    // Node's Duplex honours writableHighWaterMark; @types/node does not list it for sockets.
+    const socket = new net.Socket({ writableHighWaterMark: WRITE_HIGH_WATER_MARK } as net.SocketConstructorOpts);
+    socket.connect({ host: endpoint.host, port: endpoint.port });
     const timer = setTimeout(() => {
       socket.destroy();
       reject(new Error(`${label}: connect timed out after ${timeoutMs} ms`));

@@ -6,3 +6,4 @@ export * from './address.js';
 export * from './channel.js';
 export * from './handshake.js';
 export * from './report.js';
+export * from './trace.js';

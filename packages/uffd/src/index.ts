@@ -15,3 +15,4 @@ export * from './poll.js';
 export * from './fdwatch.js';
 export * from './dirty.js';
 export * from './probe.js';
+export * from './pagemap.js';
