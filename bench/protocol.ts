@@ -168,7 +168,7 @@ export function runProtocolBench(opts: ProtocolBenchOptions = {}): ProtocolBench
   };
 }
 
-function printTable(r: ProtocolBenchResult): void {
+export function printTable(r: ProtocolBenchResult): void {
   const rows = r.cases.map((c) => [c.name, c.gbps.toFixed(2), `${c.min.toFixed(2)}–${c.max.toFixed(2)}`, Math.round(c.framesPerSec).toString()]);
   const head = ['case', 'GB/s (median)', 'range', 'frames/s'];
   const w = head.map((h, i) => Math.max(h.length, ...rows.map((row) => row[i]!.length)));

@@ -1,0 +1,40 @@
+// bench/run.ts — `pnpm bench`: every benchmark, each printing a short table, then one JSON
+// line with all results (medians). Benchmarks are not tests: they measure, they do not assert.
+//
+//   node --import tsx bench/run.ts [--only protocol,uffd,migration] [--runs N] [--scenarios a,b]
+import { runProtocolBench, printTable as printProtocol } from './protocol.js';
+import { runUffdBench } from './uffd.js';
+import { runMigrationBench, printMigrationTable } from './migration.js';
+
+const args = process.argv.slice(2);
+const opt = (name: string): string | undefined => {
+  const i = args.indexOf(name);
+  return i >= 0 ? args[i + 1] : undefined;
+};
+const only = opt('--only')?.split(',');
+const runs = Number(opt('--runs') ?? 5);
+const want = (name: string): boolean => !only || only.includes(name);
+const all: Record<string, unknown> = {};
+
+if (want('protocol')) {
+  console.log('\n== protocol: encode/decode of 4 KiB page batches (one core) ==');
+  const r = runProtocolBench({ runs });
+  printProtocol(r);
+  all.protocol = r;
+}
+if (want('uffd')) {
+  console.log('\n== uffd: fault round trip and UFFDIO_COPY ==');
+  const r = await runUffdBench();
+  const rt = r.faultRoundTrip;
+  console.log(`fault round trip, handler worker in poll(): p50 ${rt.handlerWorker.p50Us.toFixed(1)} µs, p99 ${rt.handlerWorker.p99Us.toFixed(1)} µs`);
+  console.log(`fault round trip, handler on the main loop:  p50 ${rt.mainLoop.p50Us.toFixed(1)} µs, p99 ${rt.mainLoop.p99Us.toFixed(1)} µs`);
+  for (const [k, c] of Object.entries(r.copy)) console.log(`UFFDIO_COPY ${k} per ioctl: ${c.gbPerS.toFixed(2)} GB/s, ${c.usPerCall.toFixed(2)} µs a call`);
+  all.uffd = r;
+}
+if (want('migration')) {
+  console.log(`\n== migration over loopback, two processes, median of ${runs} ==`);
+  const r = await runMigrationBench({ runs, only: opt('--scenarios')?.split(',') });
+  printMigrationTable(r);
+  all.migration = r.map((x) => ({ name: x.name, runs: x.runs, median: x.median }));
+}
+console.log(JSON.stringify(all));
