@@ -3,12 +3,16 @@
  * thread and each vCPU worker agree on running, parking and exiting, and the per-vCPU step
  * counters. One 64-byte line per vCPU (no false sharing between vCPUs):
  *
- *   CMD       written by the main thread: RUN, STOP or EXIT. The worker parks on it (Atomics.wait).
- *   STATE     written by the worker: STARTING, RUNNING, PARKED or EXITED. The main thread waits
- *             on it with Atomics.waitAsync, so the main event loop never blocks.
+ *   CMD       written by the main thread: HOLD, RUN, STOP or EXIT. The worker parks on it
+ *             (Atomics.wait). HOLD keeps a prepared worker parked before the guest's init.
+ *   STATE     written by the worker: STARTING, PREPARED, RUNNING, PARKED or EXITED. The main
+ *             thread waits on it with Atomics.waitAsync, so the main event loop never blocks.
  *   DOORBELL  a sequence number bumped by the main thread to wake a vCPU idling in `ctx.idle()`
  *             (host messages, stop requests). Waiting on a sequence loses no wake-up.
  *   TID       the worker's kernel thread id (gettid), written before anything else.
+ *   INIT      written by the worker once released: OK after the guest's init returned, FAILED
+ *             if it threw (the main thread also writes FAILED when the worker exits before
+ *             either). The main thread waits on it to acknowledge a start.
  *
  * Step counters live in a second SharedArrayBuffer of 64-bit integers, one line per vCPU.
  */
@@ -17,14 +21,16 @@ export const CMD = 0;
 export const STATE = 1;
 export const DOORBELL = 2;
 export const TID = 3;
+export const INIT = 4;
 
 /** Int32 words per vCPU (64 bytes). */
 export const CONTROL_STRIDE = 16;
 /** BigInt64 words per vCPU in the progress buffer (64 bytes). */
 export const PROGRESS_STRIDE = 8;
 
-export const Cmd = { RUN: 0, STOP: 1, EXIT: 2 } as const;
-export const State = { STARTING: 0, RUNNING: 1, PARKED: 2, EXITED: 3 } as const;
+export const Cmd = { RUN: 0, STOP: 1, EXIT: 2, HOLD: 3 } as const;
+export const State = { STARTING: 0, RUNNING: 1, PARKED: 2, EXITED: 3, PREPARED: 4 } as const;
+export const Init = { PENDING: 0, OK: 1, FAILED: 2 } as const;
 
 /** The shared buffers of one machine's vCPUs. */
 export interface ControlBuffers {

@@ -1,6 +1,7 @@
 /**
  * machine.ts — owns a guest machine: its RAM blocks (created or adopted), its vCPUs and their
- * lifecycle (start fresh or from loaded device state, stop at safe points, cont, destroy), the
+ * lifecycle (prepare the workers ahead of time, start fresh or from loaded device state, stop
+ * at safe points, cont, destroy), the
  * device state, the integrity check, the guest's host services, the ranges the guest declared
  * unused, and the record of vCPU failures. The main thread never reads or writes guest RAM
  * here: vCPU and verification code run in workers.
@@ -62,9 +63,11 @@ export class Machine extends EventEmitter<MachineEvents> implements GuestHost {
   private readonly unused = new UnusedRanges();
   private loadedSlots: unknown[] | undefined;
   private service: HostService | undefined;
+  private preparedFlag = false;
   private startedFlag = false;
   private runningFlag = false;
   private destroyedFlag = false;
+  private preparing: Promise<void> | undefined;
   private starting: Promise<void> | undefined;
   private stopping: Promise<void> | undefined;
   private destroying: Promise<void> | undefined;
@@ -151,9 +154,14 @@ export class Machine extends EventEmitter<MachineEvents> implements GuestHost {
     return this.destroyedFlag;
   }
 
-  /** Kernel thread ids of the vCPU threads, by vCPU index (empty before start). */
+  /** True once prepare() (or start()) has every vCPU worker spawned and parked before init. */
+  get prepared(): boolean {
+    return this.preparedFlag;
+  }
+
+  /** Kernel thread ids of the vCPU threads, by vCPU index (empty until the workers are prepared). */
   get vcpuTids(): number[] {
-    return this.startedFlag ? this.cpus.map((c) => c.tid) : [];
+    return this.preparedFlag ? this.cpus.map((c) => c.tid) : [];
   }
 
   /** Steps each vCPU has run, by index. */
@@ -166,7 +174,46 @@ export class Machine extends EventEmitter<MachineEvents> implements GuestHost {
     return this.service?.info ?? {};
   }
 
-  /** Spawns the vCPUs: fresh boot, or resume from the loaded device state. */
+  /**
+   * Spawns every vCPU worker ahead of start(): each imports the guest module, builds its views
+   * of the blocks and parks before the guest's init, running no guest code and touching no guest
+   * RAM (on a postcopy destination RAM may still be missing). Resolves once all are parked, so
+   * that start() only hands over the start parameters. Idempotent; only before start().
+   */
+  prepare(): Promise<void> {
+    this.assertAlive('prepare');
+    if (this.startedFlag || this.starting) throw new Error('prepare() must come before start()');
+    return this.prepareOnce();
+  }
+
+  private prepareOnce(): Promise<void> {
+    this.preparing ??= this.doPrepare();
+    return this.preparing;
+  }
+
+  private async doPrepare(): Promise<void> {
+    const blocks = this.layout;
+    try {
+      await Promise.all(this.cpus.map((c) => c.prepare({
+        count: this.vcpus,
+        guestUrl: this.guest.url,
+        config: this.config,
+        blocks,
+      }, this.buffers)));
+      this.preparedFlag = true;
+    } catch (e) {
+      this.broken = e instanceof Error ? e : new Error(String(e));
+      await Promise.all(this.cpus.map((c) => c.terminate()));
+      throw e;
+    }
+  }
+
+  /**
+   * Starts the vCPUs: fresh boot, or resume from the loaded device state. Prepares them first
+   * unless prepare() did; then releases every vCPU (it runs the guest's init and starts stepping)
+   * before starting the guest's host services. Resolves once every vCPU's init ran and the host
+   * services are up.
+   */
   start(opts: StartOptions = {}): Promise<void> {
     this.assertAlive('start');
     if (this.startedFlag || this.starting) throw new Error('machine already started');
@@ -177,22 +224,32 @@ export class Machine extends EventEmitter<MachineEvents> implements GuestHost {
   }
 
   private async doStart(fresh: boolean): Promise<void> {
-    const blocks = this.layout;
+    if (!this.preparedFlag) await this.prepareOnce();
+    if (this.destroyedFlag) throw new Error('machine destroyed while starting');
     try {
-      await Promise.all(this.cpus.map((c, i) => c.spawn({
-        count: this.vcpus,
-        guestUrl: this.guest.url,
-        config: this.config,
-        blocks,
-        fresh,
-        device: fresh ? undefined : this.loadedSlots![i],
-      }, this.buffers)));
-      this.startedFlag = true;
+      const slots = this.loadedSlots;
+      for (let i = 0; i < this.cpus.length; i++) this.cpus[i]!.release({ fresh, device: fresh ? undefined : slots![i] });
       this.runningFlag = true;
-      if (this.guest.definition.host) this.service = (await this.guest.definition.host(this)) ?? undefined;
+      // The vCPUs run init while the host services come up.
+      const host = this.guest.definition.host;
+      const [inits, service] = await Promise.allSettled([
+        Promise.all(this.cpus.map((c) => c.initialised())),
+        host ? (async () => host(this))() : undefined,
+      ]);
+      if (service.status === 'fulfilled') this.service = service.value ?? undefined;
+      if (inits.status === 'rejected') throw inits.reason;
+      if (service.status === 'rejected') throw service.reason;
+      this.startedFlag = true;
     } catch (e) {
       this.runningFlag = false;
       this.broken = e instanceof Error ? e : new Error(String(e));
+      const service = this.service;
+      this.service = undefined;
+      try {
+        await service?.close();
+      } catch {
+        // The start error is the one to report.
+      }
       await Promise.all(this.cpus.map((c) => c.terminate()));
       throw e;
     }
@@ -308,6 +365,7 @@ export class Machine extends EventEmitter<MachineEvents> implements GuestHost {
   private async doDestroy(): Promise<void> {
     this.destroyedFlag = true;
     this.runningFlag = false;
+    if (this.preparing) await this.preparing.catch(() => undefined);
     if (this.starting) await this.starting.catch(() => undefined);
     const service = this.service;
     this.service = undefined;

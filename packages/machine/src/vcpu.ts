@@ -1,14 +1,16 @@
 /**
  * vcpu.ts — owns one vCPU as the main thread sees it: its worker thread, its control line
- * (run/park/exit, doorbell, tid, step counter), the host message channel to its guest code
- * and the channel on which it publishes its device slot at every park. Nothing here blocks
- * the main event loop: parking is awaited with Atomics.waitAsync.
+ * (hold/run/park/exit, doorbell, tid, init acknowledgement, step counter), the host message
+ * channel to its guest code and the device channel (start parameters in, the device slot
+ * published at every park out). A vCPU is prepared first (the worker boots, imports the guest
+ * and parks before init, touching no guest RAM), then released with its start parameters.
+ * Nothing here blocks the main event loop: parking and init are awaited with Atomics.waitAsync.
  */
 import { MessageChannel, Worker, receiveMessageOnPort, type MessagePort, type TransferListItem } from 'node:worker_threads';
-import { Cmd, ControlLine, State, TID, CMD, STATE, type ControlBuffers } from './control.js';
+import { Cmd, ControlLine, INIT, Init, State, TID, CMD, STATE, type ControlBuffers } from './control.js';
 import type { BlockInfo } from './ram-block.js';
 
-/** What a vCPU worker starts with (structured-cloned; ports transferred). */
+/** What a vCPU worker is spawned with (structured-cloned; ports transferred). */
 export interface VcpuWorkerData {
   index: number;
   count: number;
@@ -16,10 +18,15 @@ export interface VcpuWorkerData {
   guestUrl: string;
   config: unknown;
   blocks: BlockInfo[];
+  hostPort: MessagePort;
+  /** Start parameters arrive here (once, read synchronously on release); device slots leave here. */
+  devicePort: MessagePort;
+}
+
+/** What a prepared vCPU is released with. */
+export interface VcpuStart {
   fresh: boolean;
   device: unknown;
-  hostPort: MessagePort;
-  devicePort: MessagePort;
 }
 
 /** An error raised by (or about) a vCPU worker. */
@@ -48,11 +55,15 @@ export class Vcpu {
   private exiting = false;
   private slot: unknown;
   private hasSlot = false;
+  /** Settles with the error that ended the worker (or its unexpected exit). */
+  private readonly death: Promise<VcpuError>;
+  private die!: (err: VcpuError) => void;
 
   constructor(readonly index: number, buffers: ControlBuffers, private readonly hooks: VcpuHooks) {
     this.line = new ControlLine(buffers, index);
     this.host.port1.on('message', (m: unknown) => hooks.onMessage(m));
     this.host.port1.unref();
+    this.death = new Promise<VcpuError>((resolve) => (this.die = resolve));
   }
 
   get tid(): number {
@@ -63,12 +74,15 @@ export class Vcpu {
     return this.exitedFlag;
   }
 
-  /** Spawns the worker; resolves once the guest's init ran and the vCPU is running. */
-  spawn(data: Omit<VcpuWorkerData, 'index' | 'buffers' | 'hostPort' | 'devicePort'>, buffers: ControlBuffers): Promise<void> {
+  /**
+   * Spawns the worker; resolves once it has imported the guest, built its views and parked
+   * before init (it runs no guest code and touches no guest RAM until `release`).
+   */
+  prepare(data: Omit<VcpuWorkerData, 'index' | 'buffers' | 'hostPort' | 'devicePort'>, buffers: ControlBuffers): Promise<void> {
     if (this.worker) throw new Error(`vCPU ${this.index} already spawned`);
-    if (!data.fresh) this.setSlot(data.device);
-    this.line.set(CMD, Cmd.RUN);
+    this.line.set(CMD, Cmd.HOLD);
     this.line.set(STATE, State.STARTING);
+    this.line.set(INIT, Init.PENDING);
     const workerData: VcpuWorkerData = {
       ...data,
       index: this.index,
@@ -81,35 +95,51 @@ export class Vcpu {
       transferList: [this.host.port2, this.device.port2],
     });
     this.worker = worker;
-    return new Promise<void>((resolve, reject) => {
-      let ready = false;
-      let reported = false;
+    let reported = false;
+    worker.on('error', (e: unknown) => {
+      const err = new VcpuError(this.index, e instanceof Error ? e.message : String(e), { cause: e });
+      if (e instanceof Error && e.stack) err.stack = `${err.name}: ${err.message}\n(in the worker) ${e.stack}`;
+      reported = true;
+      this.hooks.onError(err);
+      this.die(err);
+    });
+    worker.on('exit', (code) => {
+      this.exitedFlag = true;
+      // Whoever waits for this vCPU to park or to finish init must not wait for a thread that is gone.
+      if (this.line.load(INIT) === Init.PENDING) this.line.set(INIT, Init.FAILED);
+      this.line.set(STATE, State.EXITED);
+      const err = new VcpuError(this.index, this.exiting ? 'worker terminated' : `worker exited unexpectedly (code ${code})`);
+      if (!this.exiting && !reported) this.hooks.onError(err);
+      reported = true;
+      this.die(err);
+    });
+    const prepared = new Promise<void>((resolve) => {
       worker.on('message', (m: { type?: string; tid?: number }) => {
-        if (m?.type === 'ready') {
+        if (m?.type === 'prepared') {
           this.tidValue = m.tid ?? this.line.load(TID);
-          ready = true;
           resolve();
         }
       });
-      worker.on('error', (e: unknown) => {
-        const err = new VcpuError(this.index, e instanceof Error ? e.message : String(e), { cause: e });
-        if (e instanceof Error && e.stack) err.stack = `${err.name}: ${err.message}\n(in the worker) ${e.stack}`;
-        reported = true;
-        this.hooks.onError(err);
-        if (!ready) reject(err);
-      });
-      worker.on('exit', (code) => {
-        this.exitedFlag = true;
-        // Whoever waits for this vCPU to park must not wait for a thread that is gone.
-        this.line.set(STATE, State.EXITED);
-        if (!this.exiting) {
-          const err = new VcpuError(this.index, `worker exited unexpectedly (code ${code})`);
-          if (!reported) this.hooks.onError(err);
-          reported = true;
-          if (!ready) reject(err);
-        }
-      });
     });
+    return Promise.race([prepared, this.death.then((err) => Promise.reject(err))]);
+  }
+
+  /**
+   * Hands a prepared vCPU its start parameters and lets it run: it reads them synchronously
+   * when woken, runs the guest's init, then steps. Returns at once.
+   */
+  release(start: VcpuStart): void {
+    if (!this.worker) throw new Error(`vCPU ${this.index} is not prepared`);
+    if (!start.fresh) this.setSlot(start.device);
+    this.device.port1.postMessage(start);
+    this.line.set(CMD, Cmd.RUN);
+  }
+
+  /** Resolves once the released vCPU's init ran; rejects with its error if init threw or the worker died. */
+  async initialised(): Promise<void> {
+    const r = await this.line.waitChange(INIT, Init.PENDING);
+    if (r === Init.OK) return;
+    throw await this.death;
   }
 
   /** Asks the vCPU to park at its next safe point. */
