@@ -6,7 +6,7 @@
  */
 import { Worker } from 'node:worker_threads';
 import { createEventfd, type EventFd, type Userfaultfd } from '@livemig/uffd';
-import { FAULT_FIELDS, FAULT_OUTSIDE, type FaultWorkerBlock, type FaultWorkerData } from './fault-messages.js';
+import { FAULT_DUPLICATE, FAULT_FIELDS, FAULT_LOCAL_ZERO, FAULT_OUTSIDE, type FaultWorkerBlock, type FaultWorkerData } from './fault-messages.js';
 
 export interface FaultHandlerBlock extends FaultWorkerBlock {}
 
@@ -15,6 +15,8 @@ export interface FaultEvents {
   request(block: number, page: number, tid: number, tUs: number): void;
   /** Another thread faulted on a page already requested. */
   duplicate(block: number, page: number, tid: number, tUs: number): void;
+  /** A thread faulted on a known-zero page that the fault thread mapped at `doneUs`. */
+  localZero(block: number, page: number, tid: number, tUs: number, doneUs: number): void;
   /** A fault outside every registered block, or the fault thread failed: fatal. */
   fatal(err: Error): void;
 }
@@ -40,7 +42,9 @@ export class FaultHandler {
             events.fatal(new Error(`fault at 0x${f[i + 1]!.toString(16)} (thread ${f[i + 2]}) lies outside every RAM block`));
             continue;
           }
-          if (f[i + 4] === 1) events.duplicate(b, f[i + 1]!, f[i + 2]!, f[i + 3]!);
+          const kind = f[i + 4];
+          if (kind === FAULT_DUPLICATE) events.duplicate(b, f[i + 1]!, f[i + 2]!, f[i + 3]!);
+          else if (kind === FAULT_LOCAL_ZERO) events.localZero(b, f[i + 1]!, f[i + 2]!, f[i + 3]!, f[i + 5]!);
           else events.request(b, f[i + 1]!, f[i + 2]!, f[i + 3]!);
         }
       } else if (m.type === 'error') {

@@ -3,7 +3,9 @@
  * userfaultfd and a stop eventfd, reads fault messages in batches and, for each vCPU fault on
  * a page:
  *   - already present (a racing placement woke the thread): UFFDIO_WAKE, nothing else;
- *   - known zero (sent as a zero page, left unmapped): maps the zero page itself, no request;
+ *   - known zero (sent as a zero page, left unmapped): maps the zero page itself, no request,
+ *     and with it every other known-zero page of the same 2 MiB window (a guest that touches
+ *     one page of a zero area touches its neighbours next: one fault instead of 512);
  *   - missing: marks it requested in the shared page-state array and reports it as new;
  *   - already requested: reports it as a duplicate (for blocktime), no second request.
  * Reports go to the main thread in one message per read batch. This thread never touches
@@ -11,6 +13,7 @@
  */
 import { isMainThread, parentPort, workerData } from 'node:worker_threads';
 import {
+  ALREADY_PRESENT,
   EventFd,
   FdWaiter,
   UFFD_EVENT_PAGEFAULT,
@@ -21,12 +24,47 @@ import {
   msgEvent,
 } from '@livemig/uffd';
 
-import { FAULT_FIELDS, FAULT_OUTSIDE, type FaultWorkerData } from './fault-messages.js';
+import { FAULT_DUPLICATE, FAULT_FIELDS, FAULT_LOCAL_ZERO, FAULT_NEW, FAULT_OUTSIDE, type FaultWorkerData } from './fault-messages.js';
 
 const MISSING = 0;
 const PRESENT = 1;
 const REQUESTED = 2;
 const ZERO = 3;
+
+/** Pages in the window mapped at once around a fault on a known-zero page. */
+const ZERO_WINDOW_BYTES = 2 * 1024 * 1024;
+
+/**
+ * Maps the zero page over every known-zero page in the aligned window around `page` (claiming
+ * each by compare-and-swap, so the main thread and this thread never both place one).
+ */
+function mapZeroWindow(uffd: Userfaultfd, b: { name: string; addr: number; pageSize: number; states: Uint8Array }, page: number): void {
+  const per = Math.max(1, Math.floor(ZERO_WINDOW_BYTES / b.pageSize));
+  const first = Math.floor(page / per) * per;
+  const end = Math.min(b.states.length, first + per);
+  let p = first;
+  while (p < end) {
+    if (Atomics.compareExchange(b.states, p, ZERO, PRESENT) !== ZERO) {
+      p++;
+      continue;
+    }
+    let q = p + 1;
+    while (q < end && Atomics.compareExchange(b.states, q, ZERO, PRESENT) === ZERO) q++;
+    const at = b.addr + p * b.pageSize;
+    const object = (): string => `block ${b.name}, offset 0x${(p * b.pageSize).toString(16)}`;
+    if (b.pageSize === 4096) {
+      let done = 0;
+      const len = (q - p) * 4096;
+      while (done < len) {
+        const r = uffd.zeropage(at + done, len - done, 0, object);
+        done += r === ALREADY_PRESENT ? 4096 : Math.max(r, 0) || 4096;
+      }
+    } else {
+      for (let i = p; i < q; i++) uffd.copy(b.addr + i * b.pageSize, zeroHuge(b.pageSize), b.pageSize, 0, object);
+    }
+    p = q;
+  }
+}
 
 let zeroBuffer: Buffer | null = null;
 function zeroHuge(size: number): Buffer {
@@ -70,6 +108,7 @@ function run(data: FaultWorkerData): void {
         out[k++] = tid;
         out[k++] = t;
         out[k++] = 0;
+        out[k++] = 0;
         continue;
       }
       const b = blocks[bi]!;
@@ -80,17 +119,21 @@ function run(data: FaultWorkerData): void {
         continue;
       }
       if (prev === ZERO) {
-        const at = b.addr + page * b.pageSize;
-        if (b.pageSize === 4096) uffd.zeropage(at, 4096, 0, () => `block ${b.name}, offset 0x${(page * 4096).toString(16)}`);
-        else uffd.copy(at, zeroHuge(b.pageSize), b.pageSize, 0, () => `block ${b.name}, offset 0x${(page * b.pageSize).toString(16)}`);
-        Atomics.compareExchange(b.states, page, ZERO, PRESENT);
+        mapZeroWindow(uffd, b, page);
+        out[k++] = bi;
+        out[k++] = page;
+        out[k++] = tid;
+        out[k++] = t;
+        out[k++] = FAULT_LOCAL_ZERO;
+        out[k++] = Number(process.hrtime.bigint() / 1000n);
         continue;
       }
       out[k++] = bi;
       out[k++] = page;
       out[k++] = tid;
       out[k++] = t;
-      out[k++] = prev === REQUESTED ? 1 : 0;
+      out[k++] = prev === REQUESTED ? FAULT_DUPLICATE : FAULT_NEW;
+      out[k++] = 0;
     }
     if (k > 0) parentPort!.postMessage({ type: 'faults', faults: k === out.length ? out : out.slice(0, k) });
   }

@@ -33,7 +33,7 @@ import {
   trace,
   WRITE_HIGH_WATER_MARK,
 } from '@livemig/transport';
-import { Userfaultfd, DEFAULT_FEATURES, adoptMapping, mapAnonymous, createMemfd, probeHost, type Mapping } from '@livemig/uffd';
+import { Userfaultfd, DEFAULT_FEATURES, setThreadNice, adoptMapping, mapAnonymous, createMemfd, probeHost, type Mapping } from '@livemig/uffd';
 import { PagePlacer, type PlacerBlock } from './page-placer.js';
 import { Blocktime, LatencyStats, nowUs } from './blocktime.js';
 import { FaultHandler } from './fault-handler.js';
@@ -148,6 +148,7 @@ class IncomingSession {
   /** Page key (address) → µs when its fault was read. */
   private readonly requestedAt = new Map<number, number>();
   private requests = 0;
+  private zeroFaults = 0;
   private discardRanges = 0;
   private discardCommands = 0;
   private discardPages = 0;
@@ -268,11 +269,15 @@ class IncomingSession {
         this.advise(m);
         return;
       case MsgType.DISCARD:
-        if (this.state.current !== DestState.DISCARD) this.state.to(DestState.DISCARD, 'DISCARD');
+        if (this.state.current !== DestState.DISCARD) {
+          this.state.to(DestState.DISCARD, 'DISCARD');
+          trace('dest', 'first DISCARD');
+        }
         this.discard(m);
         return;
       case MsgType.LISTEN:
         this.state.to(DestState.LISTENING, 'LISTEN');
+        trace('dest', `LISTEN after ${this.discardRanges} discard ranges`);
         this.listen();
         return;
       case MsgType.RUN:
@@ -317,6 +322,13 @@ class IncomingSession {
       {
         request: (bi, page, tid, t) => this.onFault(bi, page, tid, t, true),
         duplicate: (bi, page, tid, t) => this.onFault(bi, page, tid, t, false),
+        localZero: (bi, page, tid, t, done) => {
+          this.zeroFaults++;
+          const b = this.blockAt(bi);
+          const key = b.mapping.addr + page * b.pageSize;
+          this.blocktime?.fault(tid, key, t);
+          this.blocktime?.placed(key, done);
+        },
         fatal: (err) => this.ch?.close(err),
       },
     );
@@ -325,9 +337,13 @@ class IncomingSession {
 
   private blockList: PlacerBlock[] | null = null;
 
-  private onFault(bi: number, page: number, tid: number, t: number, isNew: boolean): void {
+  private blockAt(bi: number): PlacerBlock {
     this.blockList ??= [...this.placer!.placer.blocks.values()];
-    const b = this.blockList[bi]!;
+    return this.blockList[bi]!;
+  }
+
+  private onFault(bi: number, page: number, tid: number, t: number, isNew: boolean): void {
+    const b = this.blockAt(bi);
     const key = b.mapping.addr + page * b.pageSize;
     this.blocktime?.fault(tid, key, t);
     if (!isNew) return;
@@ -389,6 +405,10 @@ class IncomingSession {
     await machine.start({ fresh: false });
     trace('dest', 'guest started (postcopy)');
     this.runAt = performance.now();
+    // While pages are missing, the migration threads (placing pages, serving faults) must
+    // not wait behind vCPUs that spin: lower the vCPUs' priority until END.
+    const nice = process.env.LIVEMIG_VCPU_NICE;
+    if (nice) for (const tid of machine.vcpuTids ?? []) setThreadNice(tid, Number(nice));
     this.progressAtRun = sum(machine.progress?.() ?? []);
     this.postcopyBytesAtRun = this.placer!.placer.stats.dataBytes;
     this.report.mode = 'postcopy';
@@ -413,6 +433,7 @@ class IncomingSession {
     r.postcopy = {
       requests: this.requests,
       faults: faultsSeen,
+      zeroFaults: this.zeroFaults,
       blocktimeMs: bt.totalMs(),
       vcpuBlocktimeMs: bt.vcpuMs(),
       latencyUs: this.latency.summary(),

@@ -302,6 +302,11 @@ export class OutgoingMigration {
       precopyBytes = sender.stats.dataBytes;
 
       this.checkAbort();
+      // Let the destination catch up with everything queued so far before the guest stops:
+      // the switchover messages would otherwise wait behind megabytes of buffered pages,
+      // and that wait would count as downtime.
+      await this.roundTrip();
+      trace('source', 'destination caught up');
       if (!goPostcopy) {
         // --- stop and copy
         this.setPhase('stop-and-copy');
@@ -335,8 +340,10 @@ export class OutgoingMigration {
         dirty.sync(blocks);
         trace('source', 'final dirty sync');
         report.discard = this.sendDiscards(blocks);
+        trace('source', `discards sent (${report.discard.ranges} ranges)`);
         this.send({ type: MsgType.DEVICE }, pack(this.machine.saveDevice()));
         this.send({ type: MsgType.LISTEN });
+        trace('source', 'device state and LISTEN sent');
         this.server = new PostcopyServer(ch, sender, blocks);
         this.limiter.setLimit(0); // postcopy runs at full speed: the guest waits for these pages
         pointOfNoReturn = true; // from RUN on, the guest lives on the destination
@@ -415,18 +422,10 @@ export class OutgoingMigration {
     let pages = 0;
     for (const b of blocks) {
       batcher.start(b.name);
-      let p = 0;
-      while (p < b.pages) {
-        // runs of pages that are dirty and were sent
-        while (p < b.pages && !(b.dirty.test(p) && b.sent.test(p))) p++;
-        let q = p;
-        while (q < b.pages && b.dirty.test(q) && b.sent.test(q)) q++;
-        if (q > p) {
-          batcher.addRange(p * b.pageSize, (q - p) * b.pageSize);
-          pages += q - p;
-        }
-        p = q;
-      }
+      b.dirty.forEachRunAnd(b.sent, (first, end) => {
+        batcher.addRange(first * b.pageSize, (end - first) * b.pageSize);
+        pages += end - first;
+      });
       batcher.finish();
     }
     return { ranges: batcher.stats.ranges, commands: batcher.stats.commands, pages };
@@ -452,6 +451,18 @@ export class OutgoingMigration {
     }
     return { bytes, interrupted: false };
   }
+
+  private pingId = 0;
+
+  /** PING the destination and wait for its PONG: it has processed every frame sent before. */
+  private async roundTrip(): Promise<void> {
+    const id = ++this.pingId;
+    const pong = new Promise<Frame>((resolve, reject) => this.pongWaiters.set(id, { resolve, reject }));
+    this.send({ type: MsgType.PING, id });
+    await this.race(pong);
+  }
+
+  private readonly pongWaiters = new Map<number, { resolve: (f: Frame) => void; reject: (e: Error) => void }>();
 
   private send(msg: Message, payload?: Buffer): void {
     this.checkAbort();
@@ -506,8 +517,14 @@ export class OutgoingMigration {
       case MsgType.PING:
         this.ch?.send({ type: MsgType.PONG, id: m.id });
         return;
-      case MsgType.PONG:
+      case MsgType.PONG: {
+        const w = this.pongWaiters.get(m.id);
+        if (w) {
+          this.pongWaiters.delete(m.id);
+          w.resolve(f);
+        }
         return;
+      }
       default:
         throw new Error(`unexpected message type ${m.type} on the return path`);
     }

@@ -17,6 +17,56 @@ export class PageBitmap {
     }
   }
 
+  /** The raw flags, one byte a page (1 = set). Read-only for callers. */
+  get bytes(): Uint8Array {
+    return this.bits;
+  }
+
+  /**
+   * Calls `cb(first, end)` for each maximal run of pages set in both this bitmap and `other`
+   * (same size). Skips four pages at a time where either is clear.
+   */
+  forEachRunAnd(other: PageBitmap, cb: (first: number, end: number) => void): void {
+    const a = this.bits;
+    const b = other.bits;
+    const n = this.pages;
+    const words = n >> 2;
+    const a32 = new Uint32Array(a.buffer, a.byteOffset, words);
+    const b32 = new Uint32Array(b.buffer, b.byteOffset, words);
+    let runStart = -1;
+    for (let w = 0; w < words; w++) {
+      const x = a32[w]! & b32[w]!;
+      if (x === 0) {
+        if (runStart >= 0) {
+          cb(runStart, w << 2);
+          runStart = -1;
+        }
+        continue;
+      }
+      if (x === 0x01010101) {
+        if (runStart < 0) runStart = w << 2;
+        continue;
+      }
+      for (let p = w << 2; p < (w << 2) + 4; p++) {
+        if (a[p]! & b[p]!) {
+          if (runStart < 0) runStart = p;
+        } else if (runStart >= 0) {
+          cb(runStart, p);
+          runStart = -1;
+        }
+      }
+    }
+    for (let p = words << 2; p < n; p++) {
+      if (a[p]! & b[p]!) {
+        if (runStart < 0) runStart = p;
+      } else if (runStart >= 0) {
+        cb(runStart, p);
+        runStart = -1;
+      }
+    }
+    if (runStart >= 0) cb(runStart, n);
+  }
+
   get count(): number {
     return this.setCount;
   }

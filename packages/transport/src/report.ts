@@ -44,8 +44,10 @@ export interface RoundReport {
 export interface PostcopyReport {
   /** Page requests sent (destination) or served (source). */
   requests: number;
-  /** Destination: fault messages read (including duplicates). */
+  /** Destination: fault messages read (including duplicates and zero faults). */
   faults?: number;
+  /** Destination: faults on known-zero pages, resolved locally without asking the source. */
+  zeroFaults?: number;
   /** Destination: time during which all vCPUs were blocked at once (QEMU's blocktime), ms. */
   blocktimeMs?: number;
   /** Destination: per-vCPU time blocked on missing pages, ms. */
