@@ -1,15 +1,18 @@
 #!/usr/bin/env node
 // The loopback demo: `migrate recv` and `migrate send` as two processes on this machine,
 // migrating a running 256 MiB `ab` guest (2 vCPUs writing all the time) over TCP, then
-// verifying every page on the destination. Extra arguments go to `migrate send`
-// (e.g. `--postcopy --postcopy-after 300`).
+// verifying every page on the destination. By default postcopy is enabled with
+// `--postcopy-after auto`: precopy if it converges, postcopy as soon as it stops converging
+// (two vCPUs writing all the time on a busy 2-core machine may outrun the wire). Arguments
+// replace that default and go to `migrate send` (e.g. `--postcopy --postcopy-after 300`, or
+// `--downtime-limit 1000` for precopy only).
 import { spawn } from 'node:child_process';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const migrate = path.join(root, 'packages/cli/bin/migrate.js');
-const extra = process.argv.slice(2);
+const extra = process.argv.length > 2 ? process.argv.slice(2) : ['--postcopy', '--postcopy-after', 'auto'];
 
 function start(args, label) {
   const child = spawn(process.execPath, [migrate, ...args], { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] });

@@ -33,7 +33,7 @@ import {
   trace,
   WRITE_HIGH_WATER_MARK,
 } from '@livemig/transport';
-import { Userfaultfd, DEFAULT_FEATURES, setThreadNice, adoptMapping, mapAnonymous, createMemfd, probeHost, type Mapping } from '@livemig/uffd';
+import { Userfaultfd, DEFAULT_FEATURES, adoptMapping, mapAnonymous, createMemfd, probeHost, type Mapping } from '@livemig/uffd';
 import { PagePlacer, type PlacerBlock } from './page-placer.js';
 import { Blocktime, LatencyStats, nowUs } from './blocktime.js';
 import { FaultHandler } from './fault-handler.js';
@@ -405,10 +405,6 @@ class IncomingSession {
     await machine.start({ fresh: false });
     trace('dest', 'guest started (postcopy)');
     this.runAt = performance.now();
-    // While pages are missing, the migration threads (placing pages, serving faults) must
-    // not wait behind vCPUs that spin: lower the vCPUs' priority until END.
-    const nice = process.env.LIVEMIG_VCPU_NICE;
-    if (nice) for (const tid of machine.vcpuTids ?? []) setThreadNice(tid, Number(nice));
     this.progressAtRun = sum(machine.progress?.() ?? []);
     this.postcopyBytesAtRun = this.placer!.placer.stats.dataBytes;
     this.report.mode = 'postcopy';

@@ -457,7 +457,12 @@ export class OutgoingMigration {
   /** PING the destination and wait for its PONG: it has processed every frame sent before. */
   private async roundTrip(): Promise<void> {
     const id = ++this.pingId;
-    const pong = new Promise<Frame>((resolve, reject) => this.pongWaiters.set(id, { resolve, reject }));
+    const pong = new Promise<Frame>((resolve, reject) => {
+      this.pongWaiters.set(id, { resolve, reject });
+      setTimeout(() => {
+        if (this.pongWaiters.delete(id)) reject(new Error(`destination did not answer PING within ${ACK_TIMEOUT_MS / 1000} s`));
+      }, ACK_TIMEOUT_MS).unref();
+    });
     this.send({ type: MsgType.PING, id });
     await this.race(pong);
   }

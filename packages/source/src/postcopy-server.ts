@@ -106,6 +106,10 @@ export class PostcopyServer {
       if (p < 0 && k === 0 && from > 0) p = b.dirty.nextSet(0);
       if (p < 0) continue;
       const end = b.dirty.nextClear(p, p + BACKGROUND_BATCH);
+      // Keep user space empty between background batches: a request then only waits for
+      // what the kernel already holds, never behind megabytes queued here.
+      await this.ch.flushed();
+      if (this.queue.length > 0) return true;
       b.dirty.clearRange(p, end);
       this.cursorBlock = bi;
       this.cursor = end;
@@ -113,7 +117,6 @@ export class PostcopyServer {
       this.stats.backgroundPages += end - p;
       return true;
     }
-    void this.ch;
     return false;
   }
 }

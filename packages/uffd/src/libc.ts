@@ -38,8 +38,6 @@ export const c = {
   eventfd: lib.func('int eventfd(unsigned int initval, int flags)') as (init: number, flags: number) => number,
   poll: lib.func('int poll(void *fds, unsigned long nfds, int timeout)') as (fds: Buffer, nfds: number, timeout: number) => number,
   gettid: lib.func('int gettid()') as () => number,
-  setpriority: lib.func('int setpriority(int which, int who, int prio)') as (which: number, who: number, prio: number) => number,
-  getpriority: lib.func('int getpriority(int which, int who)') as (which: number, who: number) => number,
   memcpyFromBuf: lib.func('intptr_t memcpy(intptr_t dst, void *src, size_t n)') as (dst: number, src: Buffer, n: number) => number,
   memcpyToBuf: lib.func('intptr_t memcpy(void *dst, intptr_t src, size_t n)') as (dst: Buffer, src: number, n: number) => number,
 };
