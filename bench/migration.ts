@@ -36,7 +36,7 @@ export const SCENARIOS: Scenario[] = [
   },
   {
     name: 'postcopy-sweep',
-    send: ['--ram', '1G', '--vcpus', '1', '--sweep', '1M-1000M', '--migrate-after', '100', '--postcopy', '--postcopy-after', '500'],
+    send: ['--ram', '1G', '--vcpus', '1', '--sweep', '1M-1000M', '--migrate-after', '2000', '--postcopy', '--postcopy-after', '500'],
     recv: [],
   },
 ];

@@ -7,6 +7,14 @@ import { runSend } from './send.js';
 import { runRecv } from './recv.js';
 import { runCheck } from './check.js';
 
+/** A command-line mistake: usage and the message on stderr, exit 2. */
+class UsageError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'UsageError';
+  }
+}
+
 export async function main(argv: string[]): Promise<number> {
   let code = 0;
   const parser = yargs(argv)
@@ -66,17 +74,20 @@ export async function main(argv: string[]): Promise<number> {
       },
     )
     .demandCommand(1, 'give a command: send, recv or check')
-    .fail((msg, err, y) => {
+    .fail((msg, err) => {
       if (err) throw err;
-      process.stderr.write(`${msg}\n\n`);
-      y.showHelp((s: string) => process.stderr.write(`${s}\n`));
-      code = 2;
+      // Throwing stops yargs here: the command's handler must not run with bad flags.
+      throw new UsageError(msg);
     })
     .help()
     .version(false);
   try {
     await parser.parseAsync();
   } catch (e) {
+    if (e instanceof UsageError) {
+      process.stderr.write(`${await parser.getHelp()}\n\n${e.message}\n`);
+      return 2;
+    }
     process.stderr.write(`migrate: ${(e as Error).message}\n`);
     return 1;
   }

@@ -61,6 +61,9 @@ export const defaultMachineFactory: MachineFactory = {
       config,
       vcpus: spec.vcpus,
       blocks: spec.mappings,
+      // The machine frees the RAM the destination created when it is destroyed (a caller's
+      // own RAM, adopted as an external mapping, is only forgotten).
+      ownBlocks: true,
     });
     return machine;
   },

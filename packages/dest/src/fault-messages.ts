@@ -7,7 +7,7 @@ export interface FaultWorkerBlock {
   addr: number;
   length: number;
   pageSize: number;
-  /** Shared per-page state: 0 missing, 1 present, 2 requested. */
+  /** Shared per-page state (page-placer.ts): 0 missing, 1 present, 2 requested, 3 known zero. */
   state: SharedArrayBuffer;
 }
 

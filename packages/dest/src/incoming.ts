@@ -61,7 +61,7 @@ export interface IncomingOptions {
   machineFactory?: MachineFactory;
   /** Options for the guest's host services, e.g. the kv guest's HTTP port. */
   guestPort?: number;
-  /** Fail when the source sends nothing for this long (default 30 s; postcopy: never while the guest runs here). */
+  /** Fail when the source sends nothing for this long (default 30 s). */
   idleTimeoutMs?: number;
   /**
    * Host checks to treat as failed when postcopy is advised (names from `probeHost`, e.g.
@@ -116,9 +116,19 @@ export class IncomingMigration {
 
   /** Waits for one migration and runs it to its end; never throws: failures are in the report. */
   async accept(): Promise<IncomingResult> {
-    const socket = await new Promise<net.Socket>((resolve) => this.server.once('connection', resolve));
+    const session = new IncomingSession(this.opts);
+    const socket = await new Promise<net.Socket | null>((resolve) => {
+      if (!this.server.listening) return resolve(null);
+      const onClose = (): void => resolve(null);
+      this.server.once('close', onClose);
+      this.server.once('connection', (s: net.Socket) => {
+        this.server.off('close', onClose);
+        resolve(s);
+      });
+    });
+    if (!socket) return session.refuse(new Error('the listener was closed before a migration arrived'));
     this.server.close();
-    return new IncomingSession(this.opts).run(socket);
+    return session.run(socket);
   }
 }
 
@@ -173,6 +183,14 @@ class IncomingSession {
       precopyRounds: 0,
       ram: emptyRamReport(0),
     };
+  }
+
+  /** Ends without a connection (the listener closed): a failed report. */
+  refuse(err: Error): Promise<IncomingResult> {
+    return new Promise<IncomingResult>((resolve) => {
+      this.done = resolve;
+      void this.fail(err);
+    });
   }
 
   run(socket: net.Socket): Promise<IncomingResult> {

@@ -29,6 +29,8 @@ export interface MachineOptions {
   ram?: number;
   /** Adopt these mappings as the RAM blocks (matched to the layout by name) instead of creating RAM. */
   blocks?: Mapping[];
+  /** With `blocks`: the machine owns them and unmaps them in destroy() (default false: the caller does). */
+  ownBlocks?: boolean;
   /** Backing of created RAM (default anonymous). */
   backing?: RamBacking;
   /** Create RAM on 2 MiB huge pages (blocks whose layout asks for 2 MiB pages always are). */
@@ -111,7 +113,7 @@ export class Machine extends EventEmitter<MachineEvents> implements GuestHost {
         if (!m) throw new RangeError(`guest ${guest.kind} needs block ${s.name}; adopted blocks are ${adopted.map((x) => x.name).join(', ')}`);
         if (m.length !== s.length) throw new RangeError(`block ${s.name}: adopted length ${m.length}, layout wants ${s.length}`);
         if (s.pageSize !== undefined && m.pageSize !== s.pageSize) throw new RangeError(`block ${s.name}: adopted page size ${m.pageSize}, layout wants ${s.pageSize}`);
-        return RamBlock.adopt(s.name, m);
+        return RamBlock.adopt(s.name, m, opts.ownBlocks ?? false);
       });
       if (adopted.length !== specs.length) throw new RangeError(`guest ${guest.kind} has ${specs.length} block(s), ${adopted.length} adopted`);
     } else {

@@ -57,9 +57,12 @@ export class RamBlock {
     return new RamBlock(opts.name, map(opts.length, { name: opts.name, hugetlb: opts.hugetlb }), true);
   }
 
-  /** Wraps memory the caller mapped; `unmap()` of the block leaves it mapped. */
-  static adopt(name: string, mapping: Mapping): RamBlock {
-    return new RamBlock(name, mapping, false);
+  /**
+   * Wraps memory the caller mapped. By default `unmap()` of the block leaves it mapped; with
+   * `owned` the block takes the mapping over and unmaps it.
+   */
+  static adopt(name: string, mapping: Mapping, owned = false): RamBlock {
+    return new RamBlock(name, mapping, owned);
   }
 
   get addr(): number {

@@ -108,6 +108,8 @@ export class OutgoingMigration {
   private progress: Progress;
   private readonly rounds: RoundReport[] = [];
   private postcopyWanted = false;
+  /** Set once the destination may be running the guest: the source never resumes it then. */
+  private pointOfNoReturn = false;
   private postcopyRequested = false;
   private server: PostcopyServer | null = null;
   private table: BlockTable | null = null;
@@ -142,8 +144,12 @@ export class OutgoingMigration {
     this.postcopyRequested = true;
   }
 
-  /** Cancels before switchover: the source guest runs on. */
+  /**
+   * Cancels before switchover: the source guest runs on. After RUN (postcopy) the guest lives
+   * on the destination and a cancel is refused.
+   */
   cancel(reason = 'migration cancelled'): void {
+    if (this.pointOfNoReturn) throw new Error('cannot cancel: the guest already runs on the destination (postcopy)');
     this.abort(new CancelledError(reason));
   }
 
@@ -188,12 +194,14 @@ export class OutgoingMigration {
     let timer: NodeJS.Timeout | undefined;
     if (this.opts.timeoutMs && this.opts.timeoutMs > 0) {
       const ms = this.opts.timeoutMs;
-      timer = setTimeout(() => this.abort(new Error(`migration timed out after ${ms / 1000} s`)), ms);
+      // The timeout guards the phases where the source can still take the guest back.
+      timer = setTimeout(() => {
+        if (!this.pointOfNoReturn) this.abort(new Error(`migration timed out after ${ms / 1000} s`));
+      }, ms);
     }
     let dirty: DirtySync | null = null;
     let sender: PageSender | null = null;
     let guestStopped = false;
-    let pointOfNoReturn = false;
     let precopyBytes = 0;
     try {
       // --- setup: connect, describe the guest, wait for the destination to accept.
@@ -321,9 +329,13 @@ export class OutgoingMigration {
         trace('source', 'last pages sent');
         this.send({ type: MsgType.DEVICE }, pack(this.machine.saveDevice()));
         this.send({ type: MsgType.COMPLETE });
+        // From here the destination may start the guest at any moment: if the answer is lost,
+        // resuming here could run it twice. Only an explicit refusal gives it back.
+        this.pointOfNoReturn = true;
         const shut = await this.expect(MsgType.SHUT);
         trace('source', 'destination runs the guest');
         if (shut.msg.type !== MsgType.SHUT || shut.msg.status !== 'ok') {
+          this.pointOfNoReturn = false; // the destination says it did not start the guest
           throw new Error(`destination failed to start the guest: ${(shut.msg as { reason?: string }).reason ?? 'no reason given'}`);
         }
         report.downtimeMs = round1(performance.now() - stoppedAt);
@@ -346,7 +358,7 @@ export class OutgoingMigration {
         trace('source', 'device state and LISTEN sent');
         this.server = new PostcopyServer(ch, sender, blocks);
         this.limiter.setLimit(0); // postcopy runs at full speed: the guest waits for these pages
-        pointOfNoReturn = true; // from RUN on, the guest lives on the destination
+        this.pointOfNoReturn = true; // from RUN on, the guest lives on the destination
         this.send({ type: MsgType.RUN });
         await this.expect(MsgType.RUN);
         trace('source', 'destination runs the guest (postcopy)');
@@ -368,14 +380,20 @@ export class OutgoingMigration {
       // Tracking ends off the critical path: the guest is stopped, nothing writes any more.
       dirty?.stop();
       dirty = null;
+      this.progress.remainingBytes = 0;
       this.setPhase('completed');
       report.status = 'completed';
     } catch (e) {
       const err = e instanceof Error ? e : new Error(String(e));
       this.abort(err);
-      if (guestStopped && !pointOfNoReturn) await this.machine.cont();
+      if (guestStopped && !this.pointOfNoReturn) await this.machine.cont();
       report.status = err instanceof CancelledError ? 'cancelled' : 'failed';
-      report.error = pointOfNoReturn ? `${err.message} (after switchover to postcopy: the guest's RAM is split between both hosts)` : err.message;
+      report.error = !this.pointOfNoReturn
+        ? err.message
+        : report.mode === 'postcopy'
+          ? `${err.message} (after switchover to postcopy: the guest's RAM is split between both hosts)`
+          : `${err.message} (after the last page was sent: the destination may be running the guest, so it stays paused here)`;
+      if (this.pointOfNoReturn) report.sourceGuest = { running: false };
       this.setPhase(report.status);
     } finally {
       if (timer) clearTimeout(timer);
@@ -389,7 +407,7 @@ export class OutgoingMigration {
     if (sender) {
       report.ram.pagesNormal = sender.stats.pagesNormal;
       report.ram.pagesZero = sender.stats.pagesZero;
-      report.ram.precopyBytes = precopyBytes;
+      report.ram.precopyBytes = report.mode === 'postcopy' ? precopyBytes : sender.stats.dataBytes;
     }
     report.ram.transferredBytes = this.ch?.bytesWritten ?? 0;
     report.ram.mbps = mbps(report.ram.transferredBytes, report.totalTimeMs);

@@ -121,7 +121,7 @@ export class PageBitmap {
     return i < 0 ? limit : i;
   }
 
-  /** First clear page in [from, limit) (default: to the end), or `limit`. */
+  /** First clear page in [from, min(limit, pages)), or min(limit, pages) when there is none. */
   nextClear(from: number, limit = this.pages): number {
     const b = this.bits;
     const end = Math.min(limit, this.pages);

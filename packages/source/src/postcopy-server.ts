@@ -11,8 +11,14 @@ import type { Channel } from '@livemig/transport';
 import type { PageSender } from './page-sender.js';
 import type { BlockState } from './outgoing.js';
 
-/** Background batch: small, so a request never waits long behind bulk data we queue. */
-const BACKGROUND_BATCH = 64;
+/** Background batch: 1 MiB of 4 KiB pages. */
+const BACKGROUND_BATCH = 256;
+/**
+ * Background batches allowed in user space at once. A request is sent as soon as it
+ * arrives but leaves after what is queued here, so this bounds its wait (plus what the
+ * kernel holds) while keeping the stream busy.
+ */
+const BACKGROUND_WINDOW = 2;
 
 interface Request {
   block: number;
@@ -29,6 +35,7 @@ export class PostcopyServer {
   private readonly queue: Request[] = [];
   private wake: (() => void) | null = null;
   private aborted: Error | null = null;
+  private readonly inFlight: Array<Promise<void>> = [];
   private cursorBlock = 0;
   private cursor = 0;
 
@@ -106,14 +113,14 @@ export class PostcopyServer {
       if (p < 0 && k === 0 && from > 0) p = b.dirty.nextSet(0);
       if (p < 0) continue;
       const end = b.dirty.nextClear(p, p + BACKGROUND_BATCH);
-      // Keep user space empty between background batches: a request then only waits for
-      // what the kernel already holds, never behind megabytes queued here.
-      await this.ch.flushed();
+      // Bound the background data queued in user space (see BACKGROUND_WINDOW).
+      while (this.inFlight.length >= BACKGROUND_WINDOW) await this.inFlight.shift();
       if (this.queue.length > 0) return true;
       b.dirty.clearRange(p, end);
       this.cursorBlock = bi;
       this.cursor = end;
       await this.sender.sendRange(b, p, end - p);
+      this.inFlight.push(this.ch.flushed().catch(() => undefined));
       this.stats.backgroundPages += end - p;
       return true;
     }

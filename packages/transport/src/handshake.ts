@@ -92,18 +92,18 @@ export async function connectChannel(opts: ConnectOptions): Promise<Channel> {
   try {
     socket.write(encodeHello({ role: opts.role, uuid: opts.uuid }));
     const { bytes, leftover } = await readHelloBytes(socket, timeoutMs, label);
+    if (bytes.subarray(0, 4).toString('latin1') === 'LVMG' && bytes.readUInt16LE(4) !== PROTOCOL_VERSION) {
+      throw new ProtocolError('VERSION', `${label}: the peer speaks protocol version ${bytes.readUInt16LE(4)}, this side speaks ${PROTOCOL_VERSION}`);
+    }
     let hello: Hello;
     try {
       hello = decodeHello(bytes);
     } catch (e) {
       throw new ProtocolError((e as ProtocolError).code ?? 'MALFORMED', `${label}: the peer is not a livemig destination: ${(e as Error).message}`);
     }
-    if (hello.version !== PROTOCOL_VERSION) {
-      throw new ProtocolError('VERSION', `${label}: destination speaks protocol version ${hello.version}, this source speaks ${PROTOCOL_VERSION}`);
-    }
     const want = replyRole(opts.role);
     if (hello.role !== want) throw new ProtocolError('ROLE', `${label}: role mismatch: expected ${want}, got ${hello.role}`);
-    if (hello.uuid !== opts.uuid) throw new ProtocolError('UUID', `${label}: migration UUID mismatch: expected ${opts.uuid}, got ${hello.uuid}`);
+    if (hello.uuid.toLowerCase() !== opts.uuid.toLowerCase()) throw new ProtocolError('UUID', `${label}: migration UUID mismatch: expected ${opts.uuid}, got ${hello.uuid}`);
     return new Channel(socket, { role: opts.role, uuid: opts.uuid, label }, { limits: opts.limits, leftover, readRole: want });
   } catch (e) {
     socket.destroy();
@@ -160,7 +160,7 @@ export async function acceptChannel(socket: net.Socket, opts: AcceptOptions = {}
     if (opts.roles && !opts.roles.includes(hello.role)) {
       throw new ProtocolError('ROLE', `${label}: unexpected role ${hello.role} (expected ${opts.roles.join(' or ')})`);
     }
-    if (opts.uuid && hello.uuid !== opts.uuid) {
+    if (opts.uuid && hello.uuid.toLowerCase() !== opts.uuid.toLowerCase()) {
       throw new ProtocolError('UUID', `${label}: migration UUID mismatch: expected ${opts.uuid}, got ${hello.uuid}`);
     }
   } catch (e) {

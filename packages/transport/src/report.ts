@@ -16,7 +16,7 @@ export interface RamReport {
   pagesZero: number;
   precopyBytes: number;
   postcopyBytes: number;
-  /** Page-data rate over the whole migration, megabits per second. */
+  /** Wire rate over the whole migration (transferredBytes / totalTimeMs), megabits per second. */
   mbps: number;
 }
 
@@ -70,6 +70,11 @@ export interface MigrationReport {
   guest: { kind: string; vcpus: number };
   totalTimeMs: number;
   setupTimeMs: number;
+  /**
+   * Time the guest ran nowhere. Source: from stopping its vCPUs until the destination
+   * confirmed it runs the guest (includes one network trip). Destination: from the last
+   * command (COMPLETE or RUN) until its vCPUs ran.
+   */
   downtimeMs: number;
   precopyRounds: number;
   ram: RamReport;
