@@ -491,12 +491,14 @@ class IncomingSession {
     const factory = this.opts.machineFactory ?? defaultMachineFactory;
     // The guest kind must be known here before any RAM is created.
     await factory.check(m.guest.kind, m.guest.module, m.guest.config);
+    // The migration may have failed while we waited (the source went away): create nothing.
+    if (this.state.terminal) return;
     this.mappings = m.blocks.map((b) => this.mapBlock(b.name, b.length, b.pageSize));
     const uffd = new Userfaultfd({ features: DEFAULT_FEATURES });
     this.uffd = uffd;
     for (const mp of this.mappings) uffd.register(mp.addr, mp.length, { missing: true }, `block ${mp.name}`);
     this.placer = new PlacerBlockSet(new PagePlacer(uffd, this.mappings));
-    this.machine = await factory.create({
+    const machine = await factory.create({
       kind: m.guest.kind,
       module: m.guest.module,
       config: m.guest.config,
@@ -504,9 +506,14 @@ class IncomingSession {
       mappings: this.mappings,
       guestPort: this.opts.guestPort,
     });
+    if (this.state.terminal) {
+      // fail() ran while the guest was being built: it freed the RAM; free the guest too.
+      await machine.destroy().catch(() => undefined);
+      return;
+    }
+    this.machine = machine;
     // Spawn the vCPU workers now, parked, while pages arrive: starting them later would add
     // their boot time to the downtime.
-    const machine = this.machine;
     if (machine.prepare) {
       this.preparing = machine.prepare();
       this.preparing.catch(() => undefined); // surfaced when complete() awaits it

@@ -156,6 +156,7 @@ export class OutgoingMigration {
   private abort(err: Error): void {
     if (this.abortError) return;
     this.abortError = err;
+    this.limiter.abort(err);
     for (const w of this.abortWaiters) w(err);
     this.abortWaiters = [];
     for (const w of this.waiters.values()) w.reject(err);
@@ -384,7 +385,9 @@ export class OutgoingMigration {
       this.setPhase('completed');
       report.status = 'completed';
     } catch (e) {
-      const err = e instanceof Error ? e : new Error(String(e));
+      // The first cause wins: a cancel or timeout also makes the next write fail with
+      // "channel closed", which is a consequence, not the reason.
+      const err = this.abortError ?? (e instanceof Error ? e : new Error(String(e)));
       this.abort(err);
       if (guestStopped && !this.pointOfNoReturn) await this.machine.cont();
       report.status = err instanceof CancelledError ? 'cancelled' : 'failed';

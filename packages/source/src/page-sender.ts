@@ -48,6 +48,17 @@ function zeroPage(pageSize: number): Buffer {
 }
 
 export class PageSender {
+  /** Waits for the rate limiter; what is corked leaves first, so a limited stream stays smooth. */
+  private async pace(bytes: number): Promise<void> {
+    if (this.limiter.limit <= 0) return;
+    this.ch.uncork();
+    try {
+      await this.limiter.take(bytes);
+    } finally {
+      this.ch.cork();
+    }
+  }
+
   /** Lets the corked frames go and waits for the socket to drain, then corks again. */
   private async drain(): Promise<void> {
     this.ch.uncork();
@@ -108,7 +119,7 @@ export class PageSender {
       const n = sparseOffsets.length;
       if (n === 0) return;
       const bytes = n * ps;
-      await this.limiter.take(bytes);
+      await this.pace(bytes);
       const ok = this.ch.send({ type: MsgType.PAGES, block: block.name, pageSize: ps, offsets: sparseOffsets.splice(0) }, sparseViews.splice(0));
       this.stats.pagesNormal += n;
       this.stats.dataBytes += bytes;
@@ -126,7 +137,7 @@ export class PageSender {
       for (let a = from; a < to; a += maxRun) {
         const b = Math.min(to, a + maxRun);
         const bytes = (b - a) * ps;
-        await this.limiter.take(bytes);
+        await this.pace(bytes);
         const ok = this.ch.send({ type: MsgType.PAGE_RUN, block: block.name, pageSize: ps, offset: a * ps, count: b - a }, buf.subarray(a * ps, b * ps));
         this.stats.pagesNormal += b - a;
         this.stats.dataBytes += bytes;

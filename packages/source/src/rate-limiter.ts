@@ -3,12 +3,13 @@
  * each write, so the average rate stays under the limit with bursts of at most ~10 ms.
  * A limit of 0 means unlimited; the limit can change while a migration runs.
  */
-import { setTimeout as sleep } from 'node:timers/promises';
 
 export class RateLimiter {
   private bytesPerSecond: number;
   private tokens = 0;
   private last = performance.now();
+  private aborted: Error | null = null;
+  private readonly sleepers = new Set<() => void>();
 
   constructor(bytesPerSecond = 0) {
     this.bytesPerSecond = bytesPerSecond;
@@ -24,8 +25,32 @@ export class RateLimiter {
     this.last = performance.now();
   }
 
-  /** Waits until `bytes` may be sent. */
+  /** Wakes every waiting `take()` with `err` and makes later ones fail at once. */
+  abort(err: Error): void {
+    this.aborted = err;
+    for (const wake of this.sleepers) wake();
+  }
+
+  /** Would `take(bytes)` wait now? */
+  wouldWait(): boolean {
+    return this.bytesPerSecond > 0 && this.tokens < 0;
+  }
+
+  private sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const wake = (): void => {
+        clearTimeout(timer);
+        this.sleepers.delete(wake);
+        resolve();
+      };
+      const timer = setTimeout(wake, ms);
+      this.sleepers.add(wake);
+    });
+  }
+
+  /** Waits until `bytes` may be sent; rejects once the limiter is aborted. */
   async take(bytes: number): Promise<void> {
+    if (this.aborted) throw this.aborted;
     if (this.bytesPerSecond <= 0) return;
     for (;;) {
       const now = performance.now();
@@ -36,7 +61,8 @@ export class RateLimiter {
         this.tokens -= bytes;
         return;
       }
-      await sleep(Math.max(1, Math.ceil((-this.tokens / this.bytesPerSecond) * 1000)));
+      await this.sleep(Math.max(1, Math.ceil((-this.tokens / this.bytesPerSecond) * 1000)));
+      if (this.aborted) throw this.aborted;
     }
   }
 }

@@ -8,7 +8,7 @@ export interface Endpoint {
 }
 
 export function parseEndpoint(text: string): Endpoint {
-  const m = /^\[([^\]]+)\]:(\d+)$/.exec(text) ?? /^([^:\s]+):(\d+)$/.exec(text);
+  const m = /^\[([0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*)\]:(\d+)$/.exec(text) ?? /^([^:\s[\]]+):(\d+)$/.exec(text);
   if (!m) throw new Error(`bad address "${text}": expected HOST:PORT (for IPv6, [ADDR]:PORT)`);
   const port = Number(m[2]);
   if (!Number.isInteger(port) || port < 0 || port > 65535) throw new Error(`bad port in "${text}": ${m[2]} is not 0..65535`);

@@ -60,14 +60,10 @@ export class Channel {
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('drain', () => this.flushDrainWaiters());
     socket.on('error', (err) => this.fail(new ChannelClosedError(info.label, `${(err as NodeJS.ErrnoException).code ?? ''} ${err.message}`.trim())));
-    socket.on('end', () => {
-      if (this.decoder.bufferedBytes > 0) {
-        this.fail(new ChannelClosedError(info.label, `connection closed by peer in the middle of a frame (${this.decoder.bufferedBytes} bytes of it received)`));
-      } else {
-        this.fail(new ChannelClosedError(info.label, 'connection closed by peer'));
-      }
-    });
-    socket.on('close', () => this.fail(new ChannelClosedError(info.label, 'connection closed')));
+    // The peer going away does not discard what it sent before: frames already received (an
+    // ERROR saying why, typically) are delivered first, even if the handler is busy.
+    socket.on('end', () => this.onPeerGone('connection closed by peer'));
+    socket.on('close', () => this.onPeerGone('connection closed'));
     if (opts.leftover && opts.leftover.length > 0) {
       // Bytes that arrived with the hello: decode them once a handler is set.
       const leftover = opts.leftover;
@@ -175,6 +171,26 @@ export class Channel {
     this.finish(err ?? null);
   }
 
+  private peerGone: string | null = null;
+
+  private onPeerGone(why: string): void {
+    if (this.peerGone === null) this.peerGone = why;
+    this.settlePeerGone();
+  }
+
+  /** Once the peer has gone and every complete frame was handled, close with the reason. */
+  private settlePeerGone(): void {
+    if (this.peerGone === null || this.isClosed || this.paused) return;
+    this.pump();
+    if (this.isClosed || this.paused) return;
+    const buffered = this.decoder.bufferedBytes;
+    if (buffered > 0) {
+      this.fail(new ChannelClosedError(this.info.label, `connection closed by peer in the middle of a frame (${buffered} bytes of it received)`));
+    } else {
+      this.fail(new ChannelClosedError(this.info.label, this.peerGone));
+    }
+  }
+
   private fail(err: Error): void {
     if (this.isClosed) return;
     this.socket.destroy();
@@ -235,6 +251,7 @@ export class Channel {
             if (this.isClosed) return;
             this.socket.resume();
             this.pump();
+            this.settlePeerGone();
           },
           (e) => this.close(asError(e)),
         );

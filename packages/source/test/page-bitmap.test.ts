@@ -1,0 +1,134 @@
+/**
+ * PageBitmap: one flag a page with a running count and run iteration (the source's dirty map).
+ */
+import { expect } from 'chai';
+import { PageBitmap } from '@livemig/source';
+
+describe('PageBitmap', () => {
+  it('starts all clear by default and all set with initial = true', () => {
+    const clear = new PageBitmap(100);
+    expect(clear.pages).to.equal(100);
+    expect(clear.count).to.equal(0);
+    expect(clear.test(0)).to.equal(false);
+    expect(clear.test(99)).to.equal(false);
+    const full = new PageBitmap(100, true);
+    expect(full.count).to.equal(100);
+    expect(full.test(0)).to.equal(true);
+    expect(full.test(99)).to.equal(true);
+  });
+
+  it('set and clear change the count once per page, however often they are repeated', () => {
+    const b = new PageBitmap(16);
+    b.set(3);
+    b.set(3);
+    b.set(7);
+    expect(b.count).to.equal(2);
+    expect(b.test(3)).to.equal(true);
+    expect(b.test(4)).to.equal(false);
+    b.clear(3);
+    b.clear(3);
+    b.clear(4); // already clear
+    expect(b.count).to.equal(1);
+    expect(b.test(3)).to.equal(false);
+    expect(b.test(7)).to.equal(true);
+  });
+
+  it('setRange marks [first, end) and counts only pages that were clear', () => {
+    const b = new PageBitmap(64);
+    b.set(10);
+    b.setRange(8, 16);
+    expect(b.count).to.equal(8);
+    expect(b.test(7)).to.equal(false);
+    expect(b.test(8)).to.equal(true);
+    expect(b.test(15)).to.equal(true);
+    expect(b.test(16)).to.equal(false);
+  });
+
+  it('clearRange clears [first, end) and counts only pages that were set', () => {
+    const b = new PageBitmap(64, true);
+    b.clear(20);
+    b.clearRange(16, 32);
+    expect(b.count).to.equal(48);
+    expect(b.test(15)).to.equal(true);
+    expect(b.test(16)).to.equal(false);
+    expect(b.test(31)).to.equal(false);
+    expect(b.test(32)).to.equal(true);
+  });
+
+  it('an empty range changes nothing', () => {
+    const b = new PageBitmap(8);
+    b.setRange(4, 4);
+    expect(b.count).to.equal(0);
+    b.setRange(0, 8);
+    b.clearRange(5, 5);
+    expect(b.count).to.equal(8);
+  });
+
+  it('nextSet finds the first set page at or after `from`, or -1', () => {
+    const b = new PageBitmap(100);
+    expect(b.nextSet(0)).to.equal(-1);
+    b.set(5);
+    b.set(50);
+    expect(b.nextSet(0)).to.equal(5);
+    expect(b.nextSet(5)).to.equal(5);
+    expect(b.nextSet(6)).to.equal(50);
+    expect(b.nextSet(51)).to.equal(-1);
+    expect(b.nextSet(100)).to.equal(-1);
+  });
+
+  it('nextClear finds the first clear page at or after `from`, or `pages` when none is left', () => {
+    const b = new PageBitmap(100, true);
+    expect(b.nextClear(0)).to.equal(100);
+    b.clear(0);
+    b.clear(70);
+    expect(b.nextClear(0)).to.equal(0);
+    expect(b.nextClear(1)).to.equal(70);
+    expect(b.nextClear(71)).to.equal(100);
+    expect(b.nextClear(100)).to.equal(100);
+  });
+
+  it('nextSet with a limit searches only [from, limit) and answers `limit` when nothing is set there', () => {
+    const b = new PageBitmap(100);
+    b.set(40);
+    expect(b.nextSet(0, 100)).to.equal(40);
+    expect(b.nextSet(0, 41)).to.equal(40);
+    expect(b.nextSet(0, 40)).to.equal(40); // none in [0, 40): the limit
+    expect(b.nextSet(10, 30)).to.equal(30);
+    expect(b.nextSet(41, 100)).to.equal(100);
+  });
+
+  it('nextClear with a limit searches only [from, limit) and answers `limit` when all are set there', () => {
+    const b = new PageBitmap(100, true);
+    b.clear(60);
+    expect(b.nextClear(0, 100)).to.equal(60);
+    expect(b.nextClear(0, 61)).to.equal(60);
+    expect(b.nextClear(0, 50)).to.equal(50);
+    expect(b.nextClear(61, 90)).to.equal(90);
+    expect(b.nextClear(61, 1000)).to.equal(100); // never past the end
+  });
+
+  it('a limit bounds a run to a batch: runs of at most N pages', () => {
+    const b = new PageBitmap(10, true);
+    const batches: Array<[number, number]> = [];
+    for (let p = b.nextSet(0); p >= 0; ) {
+      const end = b.nextClear(p, p + 4);
+      batches.push([p, end]);
+      p = b.nextSet(end);
+    }
+    expect(batches).to.deep.equal([[0, 4], [4, 8], [8, 10]]);
+  });
+
+  it('nextSet and nextClear together walk the runs of set pages', () => {
+    const b = new PageBitmap(40);
+    b.setRange(2, 5);
+    b.setRange(10, 11);
+    b.setRange(30, 40);
+    const runs: Array<[number, number]> = [];
+    for (let p = b.nextSet(0); p >= 0; ) {
+      const end = b.nextClear(p);
+      runs.push([p, end]);
+      p = b.nextSet(end);
+    }
+    expect(runs).to.deep.equal([[2, 5], [10, 11], [30, 40]]);
+  });
+});
