@@ -106,6 +106,17 @@ describe('postcopy migration between two processes', function () {
     expect(recv.report().integrity.bad).to.equal(0);
   });
 
+  it('completes as precopy when precopy converges before the postcopy trigger, and both ends exit', async () => {
+    const recv = migrate('recv', '--listen', '127.0.0.1:0', '--run-after', '100', '--json');
+    const addr = await recv.listening();
+    const send = migrate('send', '--to', addr, '--ram', '64M', '--vcpus', '1', '--migrate-after', '100', '--postcopy', '--postcopy-after', '100000', '--downtime-limit', '1000', '--json');
+    const [s, r] = await Promise.all([send.done(30_000), recv.done(30_000)]);
+    expect(s.code, send.stderr).to.equal(0);
+    expect(r.code, recv.stderr).to.equal(0);
+    expect(send.report().mode).to.equal('precopy');
+    expect(recv.report().integrity.bad).to.equal(0);
+  });
+
   it('falls back to precopy when the destination host cannot do postcopy, and says why', async () => {
     const recv = migrate('recv', '--listen', '127.0.0.1:0', '--refuse-feature', 'userfaultfd', '--run-after', '200', '--json');
     const addr = await recv.listening();

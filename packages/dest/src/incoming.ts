@@ -547,6 +547,11 @@ class IncomingSession {
     trace('dest', 'unreceived pages recorded');
     this.machine.loadDevice(unpack(this.device));
     trace('dest', 'device loaded');
+    // Postcopy was advised but precopy converged first: the fault thread has nothing to do.
+    if (this.faults) {
+      await this.faults.stop();
+      this.faults = null;
+    }
     // Zero pages were left missing: userfaultfd lets go first, so they read as zeros.
     this.releaseUffd();
     trace('dest', 'userfaultfd released');
