@@ -39,6 +39,10 @@ const addr = await new Promise((resolve, reject) => {
   recv.exited.then((code) => reject(new Error(`migrate recv exited early (${code})`)));
 });
 const send = start(['send', '--to', addr, '--ram', '256M', '--vcpus', '2', '--migrate-after', '500', ...extra], 'send');
+// A source that fails before connecting leaves the destination waiting: stop it then.
+send.exited.then((code) => {
+  if (code !== 0) setTimeout(() => recv.child.kill('SIGTERM'), 2000).unref();
+});
 const [sendCode, recvCode] = await Promise.all([send.exited, recv.exited]);
 process.stdout.write(`\n--- source (migrate send, exit ${sendCode}) ---\n${send.out()}`);
 process.stdout.write(`\n--- destination (migrate recv, exit ${recvCode}) ---\n${recv.out()}`);
