@@ -1,7 +1,7 @@
 // bench/run.ts — `pnpm bench`: every benchmark, each printing a short table, then one JSON
 // line with all results (medians). Benchmarks are not tests: they measure, they do not assert.
 //
-//   node --import tsx bench/run.ts [--only protocol,uffd,migration] [--runs N] [--scenarios a,b]
+//   node --import tsx bench/run.ts [--only protocol,uffd,migration] [--runs N] [--scenarios a,b] [--cold]
 import { runProtocolBench, printTable as printProtocol } from './protocol.js';
 import { runUffdBench } from './uffd.js';
 import { runMigrationBench, printMigrationTable } from './migration.js';
@@ -32,8 +32,9 @@ if (want('uffd')) {
   all.uffd = r;
 }
 if (want('migration')) {
-  console.log(`\n== migration over loopback, two processes, median of ${runs} ==`);
-  const r = await runMigrationBench({ runs, only: opt('--scenarios')?.split(',') });
+  const cold = args.includes('--cold');
+  console.log(`\n== migration over loopback, two processes, median of ${runs}, ${cold ? 'cold memory (--cold)' : 'host-backed memory (see bench/migration.ts)'} ==`);
+  const r = await runMigrationBench({ runs, only: opt('--scenarios')?.split(','), cold });
   printMigrationTable(r);
   all.migration = r.map((x) => ({ name: x.name, runs: x.runs, median: x.median }));
 }
