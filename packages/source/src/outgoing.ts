@@ -311,6 +311,12 @@ export class OutgoingMigration {
       precopyBytes = sender.stats.dataBytes;
 
       this.checkAbort();
+      // Postcopy: the pages already known to be re-dirtied since they were sent are dropped on
+      // the destination now, while the guest still runs here, rather than during the downtime
+      // (they have to be sent again anyway). Only what the guest writes from now until it
+      // stops is left for the discard after the stop.
+      let earlyDiscard: { ranges: number; commands: number; pages: number } | null = null;
+      if (goPostcopy) earlyDiscard = this.sendDiscards(blocks);
       // Let the destination catch up with everything queued so far before the guest stops:
       // the switchover messages would otherwise wait behind megabytes of buffered pages,
       // and that wait would count as downtime.
@@ -352,7 +358,12 @@ export class OutgoingMigration {
         this.checkAbort();
         dirty.sync(blocks);
         trace('source', 'final dirty sync');
-        report.discard = this.sendDiscards(blocks);
+        const late = this.sendDiscards(blocks);
+        report.discard = {
+          ranges: late.ranges + (earlyDiscard?.ranges ?? 0),
+          commands: late.commands + (earlyDiscard?.commands ?? 0),
+          pages: late.pages + (earlyDiscard?.pages ?? 0),
+        };
         trace('source', `discards sent (${report.discard.ranges} ranges)`);
         this.send({ type: MsgType.DEVICE }, pack(this.machine.saveDevice()));
         this.send({ type: MsgType.LISTEN });
@@ -437,7 +448,10 @@ export class OutgoingMigration {
     }
   }
 
-  /** DISCARD every page written since it was sent; at most 12 ranges a command. */
+  /**
+   * DISCARD every page written since it was sent (dirty and sent); at most 12 ranges a
+   * command. Those pages count as unsent afterwards.
+   */
   private sendDiscards(blocks: BlockState[]): { ranges: number; commands: number; pages: number } {
     const batcher = new DiscardBatcher((msg) => this.send(msg));
     let pages = 0;
@@ -447,6 +461,8 @@ export class OutgoingMigration {
         batcher.addRange(first * b.pageSize, (end - first) * b.pageSize);
         pages += end - first;
       });
+      // The destination no longer holds these pages: they are unsent again (and still dirty).
+      b.dirty.forEachRunAnd(b.sent, (first, end) => b.sent.clearRange(first, end));
       batcher.finish();
     }
     return { ranges: batcher.stats.ranges, commands: batcher.stats.commands, pages };
