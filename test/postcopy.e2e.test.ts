@@ -4,8 +4,7 @@
  */
 import { expect } from 'chai';
 import path from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
-import { ROOT, freePort, migrate } from './support/procs.js';
+import { ROOT, freePort, migrate, waitHttp } from './support/procs.js';
 
 const SCRIBBLE = path.join(ROOT, 'test/fixtures/scribble-guest.mjs');
 
@@ -145,16 +144,3 @@ describe('postcopy migration between two processes', function () {
     expect(sr.integrity).to.include({ checked: true, bad: 0 });
   });
 });
-
-async function waitHttp(port: number, timeoutMs = 10_000): Promise<void> {
-  const until = Date.now() + timeoutMs;
-  while (Date.now() < until) {
-    try {
-      await fetch(`http://127.0.0.1:${port}/kv/__probe__`);
-      return;
-    } catch {
-      await sleep(20);
-    }
-  }
-  throw new Error(`guest HTTP server on port ${port} never answered`);
-}

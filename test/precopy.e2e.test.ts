@@ -6,7 +6,7 @@ import { expect } from 'chai';
 import net from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { encodeHello, newMigrationId } from '@livemig/protocol';
-import { freePort, migrate } from './support/procs.js';
+import { freePort, migrate, waitHttp } from './support/procs.js';
 
 describe('precopy migration between two processes', function () {
   this.timeout(120_000);
@@ -126,16 +126,4 @@ describe('precopy migration between two processes', function () {
 function splitAddr(a: string): [string, number] {
   const i = a.lastIndexOf(':');
   return [a.slice(0, i), Number(a.slice(i + 1))];
-}
-
-async function waitHttp(port: number): Promise<void> {
-  for (let i = 0; i < 100; i++) {
-    try {
-      await fetch(`http://127.0.0.1:${port}/kv/__probe__`);
-      return;
-    } catch {
-      await sleep(50);
-    }
-  }
-  throw new Error(`guest HTTP server on port ${port} never answered`);
 }

@@ -5,6 +5,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import net from 'node:net';
 import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
@@ -116,4 +117,18 @@ export async function freePort(): Promise<number> {
   const port = (srv.address() as net.AddressInfo).port;
   await new Promise<void>((r) => srv.close(() => r()));
   return port;
+}
+
+/** Resolves once an HTTP server answers on 127.0.0.1:`port` (a guest's kv service). */
+export async function waitHttp(port: number, timeoutMs = 10_000): Promise<void> {
+  const until = Date.now() + timeoutMs;
+  while (Date.now() < until) {
+    try {
+      await fetch(`http://127.0.0.1:${port}/kv/__probe__`);
+      return;
+    } catch {
+      await sleep(20);
+    }
+  }
+  throw new Error(`guest HTTP server on port ${port} never answered`);
 }

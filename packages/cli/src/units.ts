@@ -19,13 +19,4 @@ export function parseRate(text: string | number, what = 'rate'): number {
   return parseSize(typeof text === 'string' ? text.replace(/\/s$/i, '') : text, what);
 }
 
-export function formatBytes(n: number): string {
-  const u = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
-  let i = 0;
-  let v = n;
-  while (Math.abs(v) >= 1024 && i < u.length - 1) {
-    v /= 1024;
-    i++;
-  }
-  return `${i === 0 ? v : v.toFixed(1)} ${u[i]}`;
-}
+export { formatBytes } from '@livemig/transport';

@@ -30,6 +30,8 @@ import {
   type Channel,
   type Endpoint,
   type MigrationReport,
+  formatBytes,
+  round1,
   trace,
   WRITE_HIGH_WATER_MARK,
 } from '@livemig/transport';
@@ -486,7 +488,7 @@ class IncomingSession {
     this.report.ram.totalBytes = total;
     const maxRam = this.opts.maxRam ?? os.freemem();
     if (total > maxRam) {
-      throw new Error(`guest RAM of ${fmtBytes(total)} exceeds the limit of ${fmtBytes(maxRam)} (--max-ram)`);
+      throw new Error(`guest RAM of ${formatBytes(total)} exceeds the limit of ${formatBytes(maxRam)} (--max-ram)`);
     }
     const factory = this.opts.machineFactory ?? defaultMachineFactory;
     // The guest kind must be known here before any RAM is created.
@@ -528,7 +530,7 @@ class IncomingSession {
     if (ext) {
       const ps = ext.pageSize ?? 4096;
       if (ext.length !== length || ps !== pageSize) {
-        throw new Error(`block "${name}": the source sends ${fmtBytes(length)} in ${pageSize}-byte pages but the RAM given is ${fmtBytes(ext.length)} in ${ps}-byte pages`);
+        throw new Error(`block "${name}": the source sends ${formatBytes(length)} in ${pageSize}-byte pages but the RAM given is ${formatBytes(ext.length)} in ${ps}-byte pages`);
       }
       return adoptMapping({ addr: ext.addr, length, pageSize, name });
     }
@@ -643,17 +645,3 @@ function sum(xs: readonly number[]): number {
   return n;
 }
 
-function round1(ms: number): number {
-  return Math.round(ms * 10) / 10;
-}
-
-export function fmtBytes(n: number): string {
-  const u = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
-  let i = 0;
-  let v = n;
-  while (v >= 1024 && i < u.length - 1) {
-    v /= 1024;
-    i++;
-  }
-  return `${Math.round(v * 10) / 10} ${u[i]}`;
-}

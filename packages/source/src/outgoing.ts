@@ -22,6 +22,7 @@ import {
   type Endpoint,
   type MigrationReport,
   type RoundReport,
+  round1,
   trace,
 } from '@livemig/transport';
 import { PagemapScanner, hostHasSwap } from '@livemig/uffd';
@@ -460,9 +461,10 @@ export class OutgoingMigration {
       b.dirty.forEachRunAnd(b.sent, (first, end) => {
         batcher.addRange(first * b.pageSize, (end - first) * b.pageSize);
         pages += end - first;
+        // The destination no longer holds these pages: they are unsent again (and still
+        // dirty). A run is reported once the scan has passed it, so clearing it is safe.
+        b.sent.clearRange(first, end);
       });
-      // The destination no longer holds these pages: they are unsent again (and still dirty).
-      b.dirty.forEachRunAnd(b.sent, (first, end) => b.sent.clearRange(first, end));
       batcher.finish();
     }
     return { ranges: batcher.stats.ranges, commands: batcher.stats.commands, pages };
@@ -620,8 +622,4 @@ function bestBandwidth(rounds: RoundReport[], limit: number): number {
   for (const r of rounds) if (r.bytes >= 1024 * 1024 && r.bandwidth > best) best = r.bandwidth;
   if (best === 0 && rounds.length > 0) best = rounds[rounds.length - 1]!.bandwidth;
   return limit > 0 ? Math.min(best, limit) : best;
-}
-
-function round1(ms: number): number {
-  return Math.round(ms * 10) / 10;
 }

@@ -105,3 +105,20 @@ export function emptyRamReport(totalBytes = 0): RamReport {
 export function mbps(bytes: number, ms: number): number {
   return ms > 0 ? Math.round((bytes * 8) / (ms * 1000) * 10) / 10 : 0;
 }
+
+/** Milliseconds rounded to 0.1 for reports. */
+export function round1(ms: number): number {
+  return Math.round(ms * 10) / 10;
+}
+
+/** A byte count for people: `256.0 MiB`. */
+export function formatBytes(n: number): string {
+  const u = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let i = 0;
+  let v = n;
+  while (Math.abs(v) >= 1024 && i < u.length - 1) {
+    v /= 1024;
+    i++;
+  }
+  return `${i === 0 ? v : v.toFixed(1)} ${u[i]}`;
+}
