@@ -40,7 +40,11 @@ export class Blocktime {
   /** A thread `tid` faulted on page `addr` at time `t` (µs). Threads that are not vCPUs are ignored. */
   fault(tid: number, addr: number, t: number): void {
     const v = this.tidToVcpu.get(tid);
-    if (v === undefined || this.waitingFor[v]! >= 0) return;
+    if (v === undefined) return;
+    const prev = this.waitingFor[v]!;
+    if (prev === addr) return;
+    // A vCPU that faults again was running: its previous wait ended by now at the latest.
+    if (prev >= 0) this.end(v, prev, t);
     this.waitingFor[v] = addr;
     this.since[v] = t;
     let list = this.waiters.get(addr);
@@ -51,6 +55,20 @@ export class Blocktime {
     list.push(v);
     this.blocked++;
     if (this.blocked === this.vcpus) this.allSince = t;
+  }
+
+  /** Ends vCPU `v`'s wait for `addr` at `t`. */
+  private end(v: number, addr: number, t: number): void {
+    const list = this.waiters.get(addr);
+    if (list) {
+      const i = list.indexOf(v);
+      if (i >= 0) list.splice(i, 1);
+      if (list.length === 0) this.waiters.delete(addr);
+    }
+    if (this.blocked === this.vcpus) this.allTotal += Math.max(0, t - this.allSince);
+    this.total[v]! += Math.max(0, t - this.since[v]!);
+    this.waitingFor[v] = -1;
+    this.blocked--;
   }
 
   /** The page at `addr` was placed at time `t`: every vCPU waiting on it runs again. */

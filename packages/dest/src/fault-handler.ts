@@ -64,13 +64,27 @@ export class FaultHandler {
     return this.stopped;
   }
 
-  /** Stops the thread at once (failure paths). */
+  /**
+   * Stops the thread on a failure path. A worker blocked in poll() cannot be terminated
+   * from outside, so it is woken through the eventfd first; terminate() then ends it even if
+   * it was busy.
+   */
   async kill(): Promise<void> {
-    await this.worker.terminate();
-    try {
-      this.stopFd.close();
-    } catch {
-      // already closed
+    if (!this.stopped) {
+      try {
+        this.stopFd.signal(1);
+      } catch {
+        // already closed
+      }
+      await Promise.race([this.exited, new Promise((resolve) => setTimeout(resolve, 1000).unref())]);
+      await this.worker.terminate();
+      try {
+        this.stopFd.close();
+      } catch {
+        // already closed
+      }
+      this.stopped = Promise.resolve();
     }
+    await this.stopped;
   }
 }

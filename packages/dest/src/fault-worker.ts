@@ -54,13 +54,23 @@ function mapZeroWindow(uffd: Userfaultfd, b: { name: string; addr: number; pageS
     const object = (): string => `block ${b.name}, offset 0x${(p * b.pageSize).toString(16)}`;
     if (b.pageSize === 4096) {
       let done = 0;
+      let stalls = 0;
       const len = (q - p) * 4096;
       while (done < len) {
         const r = uffd.zeropage(at + done, len - done, 0, object);
-        done += r === ALREADY_PRESENT ? 4096 : Math.max(r, 0) || 4096;
+        if (r === ALREADY_PRESENT) done = Math.floor(done / 4096) * 4096 + 4096;
+        else if (r === 0 && ++stalls > 1000) throw new Error(`UFFDIO_ZEROPAGE made no progress (EAGAIN) (${object()})`);
+        else done += r;
       }
     } else {
-      for (let i = p; i < q; i++) uffd.copy(b.addr + i * b.pageSize, zeroHuge(b.pageSize), b.pageSize, 0, object);
+      for (let i = p; i < q; i++) {
+        let stalls = 0;
+        let r = 0;
+        while ((r = uffd.copy(b.addr + i * b.pageSize, zeroHuge(b.pageSize), b.pageSize, 0, object)) === 0) {
+          if (++stalls > 1000) throw new Error(`UFFDIO_COPY made no progress (EAGAIN) (${object()})`);
+        }
+        void r;
+      }
     }
     p = q;
   }

@@ -36,7 +36,7 @@ import {
   WRITE_HIGH_WATER_MARK,
 } from '@livemig/transport';
 import { Userfaultfd, DEFAULT_FEATURES, adoptMapping, mapAnonymous, createMemfd, probeHost, type Mapping } from '@livemig/uffd';
-import { PagePlacer, type PlacerBlock } from './page-placer.js';
+import { PAGE_PRESENT, PagePlacer, type PlacerBlock } from './page-placer.js';
 import { Blocktime, LatencyStats, nowUs } from './blocktime.js';
 import { FaultHandler } from './fault-handler.js';
 import { DestState, DestStateMachine } from './dest-state.js';
@@ -366,10 +366,17 @@ class IncomingSession {
     const b = this.blockAt(bi);
     const key = b.mapping.addr + page * b.pageSize;
     this.blocktime?.fault(tid, key, t);
+    if (b.state[page] === PAGE_PRESENT) {
+      // The page arrived between the fault and this message (the background stream often
+      // brings the very next page): the thread is already running again, nothing to ask.
+      this.blocktime?.placed(key, nowUs());
+      return;
+    }
     if (!isNew) return;
+    if (!this.ch || this.ch.closed) return; // failing: fail() releases the waiting threads
     this.requests++;
     this.requestedAt.set(key, t);
-    this.ch!.send({ type: MsgType.REQ_PAGES, block: b.name, offset: page * b.pageSize, length: b.pageSize });
+    this.ch.send({ type: MsgType.REQ_PAGES, block: b.name, offset: page * b.pageSize, length: b.pageSize });
   }
 
   private onRequestedPlaced(b: PlacerBlock, page: number): void {
@@ -401,7 +408,7 @@ class IncomingSession {
   private hugepagesOffOnce(): void {
     if (this.hugepagesOff) return;
     this.hugepagesOff = true;
-    for (const mp of this.mappings) if (mp.backing !== 'memfd' && mp.pageSize === 4096) mp.madvise('nohugepage');
+    for (const mp of this.mappings) if (mp.backing === 'anonymous' && mp.pageSize === 4096) mp.madvise('nohugepage');
   }
 
   /** Arm fault handling: from now on a guest access to a missing page becomes a request. */
@@ -441,7 +448,9 @@ class IncomingSession {
     await this.faults!.stop();
     this.faults = null;
     this.releaseUffd();
-    for (const mp of this.mappings) if (mp.backing !== 'memfd' && mp.pageSize === 4096) mp.madvise('hugepage');
+    // Huge pages back on (QEMU does the same) for the RAM created here; a caller's RAM keeps
+    // whatever setting its owner gave it.
+    for (const mp of this.mappings) if (mp.backing === 'anonymous' && mp.pageSize === 4096) mp.madvise('hugepage');
     this.state.to(DestState.COMPLETED, 'END');
     const machine = this.machine!;
     const r = this.report;
@@ -495,7 +504,8 @@ class IncomingSession {
     await factory.check(m.guest.kind, m.guest.module, m.guest.config);
     // The migration may have failed while we waited (the source went away): create nothing.
     if (this.state.terminal) return;
-    this.mappings = m.blocks.map((b) => this.mapBlock(b.name, b.length, b.pageSize));
+    // Each mapping is recorded as soon as it exists, so fail() frees it even if a later one fails.
+    for (const b of m.blocks) this.mappings.push(this.mapBlock(b.name, b.length, b.pageSize));
     const uffd = new Userfaultfd({ features: DEFAULT_FEATURES });
     this.uffd = uffd;
     for (const mp of this.mappings) uffd.register(mp.addr, mp.length, { missing: true }, `block ${mp.name}`);
@@ -532,7 +542,12 @@ class IncomingSession {
       if (ext.length !== length || ps !== pageSize) {
         throw new Error(`block "${name}": the source sends ${formatBytes(length)} in ${pageSize}-byte pages but the RAM given is ${formatBytes(ext.length)} in ${ps}-byte pages`);
       }
-      return adoptMapping({ addr: ext.addr, length, pageSize, name });
+      const mapping = adoptMapping({ addr: ext.addr, length, pageSize, name });
+      // Every page starts missing: drop whatever the caller's memory held (a previous attempt,
+      // say), or a page received as zero would keep old bytes. (The RAM must be private
+      // anonymous memory; see the README.)
+      mapping.madvise('dontneed');
+      return mapping;
     }
     if (this.opts.ram) throw new Error(`block "${name}" has no RAM given for it (blocks given: ${this.opts.ram.map((r) => r.name).join(', ')})`);
     const hugetlb = pageSize === 2 * 1024 * 1024;

@@ -183,3 +183,15 @@ describe('LatencyStats', () => {
     });
   });
 });
+
+describe('Blocktime when fault reports overtake placements', () => {
+  it('a vCPU faulting on another page ends its previous wait (it was running again)', () => {
+    const bt = new Blocktime([100]);
+    bt.fault(100, 0x1000, 0);
+    // the page at 0x1000 was placed but its placement was not reported; the vCPU faults on the next page
+    bt.fault(100, 0x2000, 300);
+    bt.placed(0x2000, 400);
+    expect(bt.vcpuMs(1000)).to.deep.equal([0.4]);
+    expect(bt.totalMs(1000)).to.equal(0.4);
+  });
+});

@@ -124,7 +124,7 @@ describe('IncomingMigration', function () {
     const { src, result } = await session({ maxRam: 1 * MiB });
     src.ch.send(abSetup());
     const reason = await errorReason(src);
-    expect(reason).to.equal('guest RAM of 4 MiB exceeds the limit of 1 MiB (--max-ram)');
+    expect(reason).to.equal('guest RAM of 4.0 MiB exceeds the limit of 1.0 MiB (--max-ram)');
     expect(src.got.map((m) => m.type), 'nothing but the ERROR may come back').to.deep.equal([MsgType.ERROR]);
     const { report, machine } = await result;
     expect(report.status).to.equal('failed');
@@ -391,5 +391,25 @@ describe('IncomingMigration', function () {
       expect(integrity.bad).to.be.at.least(1);
       expect(integrity.firstBad?.offset).to.equal(missing * PS);
     });
+  });
+});
+
+describe('IncomingMigration after a postcopy ADVISE', () => {
+  it('fails promptly and frees everything when the source goes away during precopy (the parked fault thread is woken, not waited for)', async () => {
+    const before = openKernelObjects();
+    const { src, result } = await session({ backing: 'memfd' });
+    src.ch.send(abSetup({ caps: ['zero-runs', 'postcopy'] }));
+    await src.next(MsgType.ACK);
+    src.ch.send({ type: MsgType.ADVISE, pageSizes: [PS] });
+    const ack = (await src.next(MsgType.ACK + 0, 5000)) && src.got.filter((m) => m.type === MsgType.ACK);
+    expect(ack).to.have.length.at.least(1);
+    await sleep(50);
+    src.ch.socket.destroy();
+    const t0 = Date.now();
+    const r = await Promise.race([result, sleep(5000).then(() => null)]);
+    expect(r, 'accept() settled').to.not.equal(null);
+    expect(r!.report.status).to.equal('failed');
+    expect(Date.now() - t0).to.be.lessThan(3000);
+    expect(openKernelObjects()).to.deep.equal(before);
   });
 });

@@ -25,7 +25,7 @@ import {
   round1,
   trace,
 } from '@livemig/transport';
-import { PagemapScanner, hostHasSwap } from '@livemig/uffd';
+import { PagemapScanner, hostHasSwap, type Mapping } from '@livemig/uffd';
 import { PageBitmap } from './page-bitmap.js';
 import { PageSender, type SendBlock } from './page-sender.js';
 import { RateLimiter } from './rate-limiter.js';
@@ -207,7 +207,10 @@ export class OutgoingMigration {
     let precopyBytes = 0;
     try {
       // --- setup: connect, describe the guest, wait for the destination to accept.
-      const ch = await this.race(connectChannel({ endpoint: this.endpoint, role: 'main', uuid: this.uuid }));
+      const connecting = connectChannel({ endpoint: this.endpoint, role: 'main', uuid: this.uuid });
+      // A channel that connects after an abort (cancel, timeout) is closed, not left open.
+      connecting.then((c) => this.abortError && c.close(), () => undefined);
+      const ch = await this.race(connecting);
       this.ch = ch;
       trace('source', 'connected');
       ch.setHandler((f) => this.onReturnFrame(f));
@@ -238,12 +241,20 @@ export class OutgoingMigration {
         dirty: new PageBitmap(b.length / b.pageSize, true),
         sent: new PageBitmap(b.length / b.pageSize),
       }));
+      // Pages never populated read as zero and need not be read. Two scans, for anonymous RAM
+      // only (a memfd may be written through another mapping): one before tracking starts
+      // counts present and swap-type entries (swapped or migrating pages); one after catches
+      // pages populated in between (then present only: a never-populated page under
+      // write-protection also shows as a swap-type entry). Writes after that are tracked.
+      const before = blocks.map((b, i) => populatedNow(this.machine.blocks[i]!.mapping, b, true));
       dirty = new DirtySync(this.machine.blocks, this.opts.dirtyMethod ?? 'auto');
       dirty.start();
       trace('source', 'dirty tracking armed');
-      // Pages never populated by now read as zero; writes from now on are tracked. (Only on
-      // hosts without swap: there a never-populated page under write-protection looks swapped.)
-      if (!hostHasSwap()) for (const b of blocks) markPopulated(b, this.machine.blocks.find((x) => x.name === b.name)!.mapping.addr);
+      blocks.forEach((b, i) => {
+        const pre = before[i];
+        const post = pre ? populatedNow(this.machine.blocks[i]!.mapping, b, false) : null;
+        if (pre && post) b.populated = pre.union(post);
+      });
       await this.expect(MsgType.SETUP);
       trace('source', 'setup accepted');
       if (this.opts.postcopy) {
@@ -373,8 +384,8 @@ export class OutgoingMigration {
         trace('source', 'device state and LISTEN sent');
         this.server = new PostcopyServer(ch, sender, blocks);
         this.limiter.setLimit(0); // postcopy runs at full speed: the guest waits for these pages
-        this.pointOfNoReturn = true; // from RUN on, the guest lives on the destination
         this.send({ type: MsgType.RUN });
+        this.pointOfNoReturn = true; // from RUN on, the guest lives on the destination
         await this.expect(MsgType.RUN);
         trace('source', 'destination runs the guest (postcopy)');
         report.downtimeMs = round1(performance.now() - stoppedAt);
@@ -444,6 +455,8 @@ export class OutgoingMigration {
       const end = Math.floor((r.offset + r.length) / b.pageSize);
       if (end <= first) continue;
       b.dirty.clearRange(first, end);
+      // Sent (as zero): a later write makes the page dirty and sent, so postcopy discards it.
+      b.sent.setRange(first, end);
       for (let p = first; p < end; p += 1 << 20) {
         const n = Math.min(1 << 20, end - p);
         this.send({ type: MsgType.ZERO, block: b.name, pageSize: b.pageSize, runs: [[p * b.pageSize, n]] });
@@ -596,16 +609,21 @@ export class OutgoingMigration {
   }
 }
 
-/** Narrows `b.populated` to the pages present in RAM now (the rest read as zero). */
-function markPopulated(b: BlockState, addr: number): void {
+/**
+ * The pages of an anonymous block that hold data now (`swapped`: count swap-type entries too),
+ * or null when the answer cannot be trusted: memfd or caller memory, or a host with swap
+ * where write-protect markers and swapped pages look alike.
+ */
+function populatedNow(mapping: Mapping, b: BlockState, swapped: boolean): PageBitmap | null {
+  if (mapping.backing !== 'anonymous' || (!swapped && hostHasSwap())) return null;
   const bm = new PageBitmap(b.pages);
   const scanner = new PagemapScanner();
   try {
-    scanner.populated(addr, b.pages * b.pageSize, b.pageSize, (first, end) => bm.setRange(first, end), { swapped: false });
+    scanner.populated(mapping.addr, b.pages * b.pageSize, b.pageSize, (first, end) => bm.setRange(first, end), { swapped });
   } finally {
     scanner.close();
   }
-  b.populated = bm;
+  return bm;
 }
 
 function countDirty(blocks: BlockState[]): { pages: number; bytes: number } {

@@ -67,6 +67,15 @@ export class PageBitmap {
     if (runStart >= 0) cb(runStart, n);
   }
 
+  /** A new bitmap with the pages set in this one or in `other` (same size). */
+  union(other: PageBitmap): PageBitmap {
+    const u = new PageBitmap(this.pages);
+    const a = this.bits;
+    const b = other.bits;
+    for (let p = 0; p < this.pages; p++) if (a[p]! | b[p]!) u.set(p);
+    return u;
+  }
+
   get count(): number {
     return this.setCount;
   }

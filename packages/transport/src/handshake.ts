@@ -123,6 +123,7 @@ function dial(endpoint: Endpoint, timeoutMs: number, label: string): Promise<net
     socket.once('connect', () => {
       clearTimeout(timer);
       socket.removeAllListeners('error');
+      socket.on('error', ignore); // see acceptChannel
       resolve(socket);
     });
     socket.once('error', (err: NodeJS.ErrnoException) => {
@@ -147,6 +148,9 @@ export interface AcceptOptions {
  * rejects with the same message.
  */
 export async function acceptChannel(socket: net.Socket, opts: AcceptOptions = {}): Promise<{ channel: Channel; hello: Hello }> {
+  // A peer may reset the connection at any moment; an 'error' without a listener would be
+  // an uncaught exception. The Channel adds its own listener once it takes over.
+  socket.on('error', ignore);
   const peer = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`;
   let label = `connection from ${peer}`;
   const { bytes, leftover } = await readHelloBytes(socket, opts.timeoutMs ?? 10_000, label).catch((e: Error) => {
@@ -182,4 +186,8 @@ function refuse(socket: net.Socket, err: Error, hello: Hello | undefined): void 
     // best effort
   }
   setTimeout(() => socket.destroy(), 200).unref();
+}
+
+function ignore(): void {
+  // errors are reported through the channel's own listener or the hello reader
 }

@@ -428,3 +428,27 @@ describe('Channel', function () {
     expect(e!.message).to.equal('giving up');
   });
 });
+
+describe('acceptChannel against a peer that resets', () => {
+  it('rejects (and does not crash the process) when the peer sends garbage and resets the connection', async () => {
+    const server = net.createServer({ pauseOnConnect: true });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+    const port = (server.address() as net.AddressInfo).port;
+    const accepted = new Promise<net.Socket>((r) => server.once('connection', r));
+    const peer = net.connect(port, '127.0.0.1');
+    await new Promise((r) => peer.once('connect', r));
+    peer.write(Buffer.alloc(32, 0x41));
+    const sock = await accepted;
+    const p = acceptChannel(sock);
+    peer.resetAndDestroy();
+    let err: Error | null = null;
+    try {
+      await p;
+    } catch (e) {
+      err = e as Error;
+    }
+    await new Promise((r) => setTimeout(r, 300)); // an uncaught 'error' would surface here
+    server.close();
+    expect(err?.message).to.match(/bad magic/);
+  });
+});
