@@ -159,6 +159,8 @@ class IncomingSession {
   private readonly latency = new LatencyStats();
   /** Page key (address) → µs when its fault was read. */
   private readonly requestedAt = new Map<number, number>();
+  /** Page key → µs it was placed, for requested pages placed before their fault was read here. */
+  private readonly placedBeforeFault = new Map<number, number>();
   private requests = 0;
   private zeroFaults = 0;
   private discardRanges = 0;
@@ -368,8 +370,10 @@ class IncomingSession {
     this.blocktime?.fault(tid, key, t);
     if (b.state[page] === PAGE_PRESENT) {
       // The page arrived between the fault and this message (the background stream often
-      // brings the very next page): the thread is already running again, nothing to ask.
-      this.blocktime?.placed(key, nowUs());
+      // brings the very next page): the thread ran again from its placement, nothing to ask.
+      const at = this.placedBeforeFault.get(key);
+      this.placedBeforeFault.delete(key);
+      this.blocktime?.placed(key, at ?? nowUs());
       return;
     }
     if (!isNew) return;
@@ -386,8 +390,12 @@ class IncomingSession {
     if (at !== undefined) {
       this.requestedAt.delete(key);
       this.latency.add(t - at);
+      this.blocktime?.placed(key, t);
+    } else {
+      // The fault thread marked it requested but its message is still queued: remember when
+      // the page came, so the wait ends there and not when the message is read.
+      this.placedBeforeFault.set(key, t);
     }
-    this.blocktime?.placed(key, t);
   }
 
   /** Source stopped: drop the pages it re-dirtied since it sent them. */
