@@ -241,6 +241,7 @@ export class PagePlacer {
 
   /** Records every page never received as zero (the source sends all; this is a safety net). */
   zeroUnreceived(): number {
+    if (this.stats.received === this.totalPages) return 0;
     let n = 0;
     for (const b of this.blocks.values()) {
       const state = b.state;

@@ -36,6 +36,8 @@ const MAX_ZERO_RUNS = 1024;
 const SPARSE_RUN = 8;
 /** Most pages in one PAGES frame. */
 const MAX_SPARSE = 256;
+/** Page data gathered under cork before it is let go (see flushIfLarge). */
+const FLUSH_BYTES = 1024 * 1024;
 
 const zeroPages = new Map<number, Buffer>();
 function zeroPage(pageSize: number): Buffer {
@@ -48,6 +50,21 @@ function zeroPage(pageSize: number): Buffer {
 }
 
 export class PageSender {
+  private corkedBytes = 0;
+
+  /**
+   * Lets corked data go once a megabyte has gathered: zero runs and small frames still
+   * share a writev, but page data does not wait for the end of a large batch (the
+   * destination starts placing it sooner).
+   */
+  private flushIfLarge(bytes: number): void {
+    this.corkedBytes += bytes;
+    if (this.corkedBytes < FLUSH_BYTES) return;
+    this.corkedBytes = 0;
+    this.ch.uncork();
+    this.ch.cork();
+  }
+
   /** Waits for the rate limiter; what is corked leaves first, so a limited stream stays smooth. */
   private async pace(bytes: number): Promise<void> {
     if (this.limiter.limit <= 0) return;
@@ -61,6 +78,7 @@ export class PageSender {
 
   /** Lets the corked frames go and waits for the socket to drain, then corks again. */
   private async drain(): Promise<void> {
+    this.corkedBytes = 0;
     this.ch.uncork();
     try {
       await this.ch.drained();
@@ -125,6 +143,7 @@ export class PageSender {
       this.stats.dataBytes += bytes;
       sent += bytes;
       if (!ok) await this.drain();
+      else this.flushIfLarge(bytes);
     };
     const sendRun = async (from: number, to: number): Promise<void> => {
       if (to - from < SPARSE_RUN) {
@@ -143,6 +162,7 @@ export class PageSender {
         this.stats.dataBytes += bytes;
         sent += bytes;
         if (!ok) await this.drain();
+        else this.flushIfLarge(bytes);
       }
     };
     const addZero = async (from: number, to: number): Promise<void> => {
