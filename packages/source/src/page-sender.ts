@@ -53,7 +53,7 @@ export class PageSender {
   private corkedBytes = 0;
 
   /**
-   * Lets corked data go once a megabyte has gathered: zero runs and small frames still
+   * Lets corked data go once FLUSH_BYTES have gathered: zero runs and small frames still
    * share a writev, but page data does not wait for the end of a large batch (the
    * destination starts placing it sooner).
    */
