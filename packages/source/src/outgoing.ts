@@ -12,7 +12,7 @@
  * the report says why. After RUN the guest lives on the destination and is never resumed here.
  */
 import { pack } from 'msgpackr';
-import { BlockTable, DiscardBatcher, MsgType, newMigrationId, type Frame, type Message } from '@livemig/protocol';
+import { BlockTable, DiscardBatcher, MsgType, msgTypeName, newMigrationId, type Frame, type Message } from '@livemig/protocol';
 import {
   connectChannel,
   emptyRamReport,
@@ -105,7 +105,7 @@ export class OutgoingMigration {
   private phase: Phase = 'setup';
   private abortError: Error | null = null;
   private abortWaiters: Array<(e: Error) => void> = [];
-  private waiters = new Map<number, { resolve: (f: Frame) => void; reject: (e: Error) => void }>();
+  private waiters: Waiters = new Map();
   private progress: Progress;
   private readonly rounds: RoundReport[] = [];
   private postcopyWanted = false;
@@ -511,17 +511,12 @@ export class OutgoingMigration {
   /** PING the destination and wait for its PONG: it has processed every frame sent before. */
   private async roundTrip(): Promise<void> {
     const id = ++this.pingId;
-    const pong = new Promise<Frame>((resolve, reject) => {
-      this.pongWaiters.set(id, { resolve, reject });
-      setTimeout(() => {
-        if (this.pongWaiters.delete(id)) reject(new Error(`destination did not answer PING within ${ACK_TIMEOUT_MS / 1000} s`));
-      }, ACK_TIMEOUT_MS).unref();
-    });
+    const pong = reply(this.pongWaiters, id, 'PING');
     this.send({ type: MsgType.PING, id });
     await this.race(pong);
   }
 
-  private readonly pongWaiters = new Map<number, { resolve: (f: Frame) => void; reject: (e: Error) => void }>();
+  private readonly pongWaiters: Waiters = new Map();
 
   private send(msg: Message, payload?: Buffer): void {
     this.checkAbort();
@@ -530,17 +525,7 @@ export class OutgoingMigration {
 
   /** Waits for the destination's ACK of `of` (or SHUT for completion); an ERROR rejects. */
   private expect(of: MsgType): Promise<Frame> {
-    return this.race(
-      new Promise<Frame>((resolve, reject) => {
-        this.waiters.set(of, { resolve, reject });
-        setTimeout(() => {
-          if (this.waiters.get(of)) {
-            this.waiters.delete(of);
-            reject(new Error(`destination did not answer within ${ACK_TIMEOUT_MS / 1000} s`));
-          }
-        }, ACK_TIMEOUT_MS).unref();
-      }),
-    );
+    return this.race(reply(this.waiters, of, msgTypeName(of)));
   }
 
   private onReturnFrame(f: Frame): void {
@@ -552,20 +537,11 @@ export class OutgoingMigration {
         this.server.request(m.block, m.offset, m.length);
         return;
       }
-      case MsgType.ACK: {
-        const w = this.waiters.get(m.of);
-        if (w) {
-          this.waiters.delete(m.of);
-          w.resolve(f);
-        }
+      case MsgType.ACK:
+        answer(this.waiters, m.of, f);
         return;
-      }
       case MsgType.SHUT: {
-        const w = this.waiters.get(MsgType.SHUT);
-        if (w) {
-          this.waiters.delete(MsgType.SHUT);
-          w.resolve(f);
-        } else if (m.status !== 'ok') {
+        if (!answer(this.waiters, MsgType.SHUT, f) && m.status !== 'ok') {
           this.abort(new Error(`destination failed: ${m.reason ?? 'no reason given'}`));
         }
         return;
@@ -576,14 +552,9 @@ export class OutgoingMigration {
       case MsgType.PING:
         this.ch?.send({ type: MsgType.PONG, id: m.id });
         return;
-      case MsgType.PONG: {
-        const w = this.pongWaiters.get(m.id);
-        if (w) {
-          this.pongWaiters.delete(m.id);
-          w.resolve(f);
-        }
+      case MsgType.PONG:
+        answer(this.pongWaiters, m.id, f);
         return;
-      }
       default:
         throw new Error(`unexpected message type ${m.type} on the return path`);
     }
@@ -624,6 +595,28 @@ function populatedNow(mapping: Mapping, b: BlockState, swapped: boolean): PageBi
     scanner.close();
   }
   return bm;
+}
+
+/** Answers awaited from the destination, by message type (ACK, SHUT) or PING id. */
+type Waiters = Map<number, { resolve: (f: Frame) => void; reject: (e: Error) => void }>;
+
+/** A promise for the answer registered under `key`; it rejects after ACK_TIMEOUT_MS. */
+function reply(waiters: Waiters, key: number, what: string): Promise<Frame> {
+  return new Promise<Frame>((resolve, reject) => {
+    waiters.set(key, { resolve, reject });
+    setTimeout(() => {
+      if (waiters.delete(key)) reject(new Error(`destination did not answer ${what} within ${ACK_TIMEOUT_MS / 1000} s`));
+    }, ACK_TIMEOUT_MS).unref();
+  });
+}
+
+/** Settles the wait registered under `key` with `f`; false when nobody waited. */
+function answer(waiters: Waiters, key: number, f: Frame): boolean {
+  const w = waiters.get(key);
+  if (!w) return false;
+  waiters.delete(key);
+  w.resolve(f);
+  return true;
 }
 
 function countDirty(blocks: BlockState[]): { pages: number; bytes: number } {
