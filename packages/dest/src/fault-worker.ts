@@ -13,7 +13,6 @@
  */
 import { isMainThread, parentPort, workerData } from 'node:worker_threads';
 import {
-  ALREADY_PRESENT,
   EventFd,
   FdWaiter,
   UFFD_EVENT_PAGEFAULT,
@@ -24,6 +23,7 @@ import {
   msgEvent,
 } from '@livemig/uffd';
 
+import { mapZeroPages } from './page-placer.js';
 import { FAULT_DUPLICATE, FAULT_FIELDS, FAULT_LOCAL_ZERO, FAULT_NEW, FAULT_OUTSIDE, type FaultWorkerData } from './fault-messages.js';
 
 const MISSING = 0;
@@ -50,36 +50,9 @@ function mapZeroWindow(uffd: Userfaultfd, b: { name: string; addr: number; pageS
     }
     let q = p + 1;
     while (q < end && Atomics.compareExchange(b.states, q, ZERO, PRESENT) === ZERO) q++;
-    const at = b.addr + p * b.pageSize;
-    const object = (): string => `block ${b.name}, offset 0x${(p * b.pageSize).toString(16)}`;
-    if (b.pageSize === 4096) {
-      let done = 0;
-      let stalls = 0;
-      const len = (q - p) * 4096;
-      while (done < len) {
-        const r = uffd.zeropage(at + done, len - done, 0, object);
-        if (r === ALREADY_PRESENT) done = Math.floor(done / 4096) * 4096 + 4096;
-        else if (r === 0 && ++stalls > 1000) throw new Error(`UFFDIO_ZEROPAGE made no progress (EAGAIN) (${object()})`);
-        else done += r;
-      }
-    } else {
-      for (let i = p; i < q; i++) {
-        let stalls = 0;
-        let r = 0;
-        while ((r = uffd.copy(b.addr + i * b.pageSize, zeroHuge(b.pageSize), b.pageSize, 0, object)) === 0) {
-          if (++stalls > 1000) throw new Error(`UFFDIO_COPY made no progress (EAGAIN) (${object()})`);
-        }
-        void r;
-      }
-    }
+    mapZeroPages(uffd, b.name, b.addr, b.pageSize, p, q);
     p = q;
   }
-}
-
-let zeroBuffer: Buffer | null = null;
-function zeroHuge(size: number): Buffer {
-  if (!zeroBuffer || zeroBuffer.length !== size) zeroBuffer = Buffer.alloc(size);
-  return zeroBuffer;
 }
 
 function run(data: FaultWorkerData): void {

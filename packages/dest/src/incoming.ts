@@ -416,7 +416,12 @@ class IncomingSession {
   private hugepagesOffOnce(): void {
     if (this.hugepagesOff) return;
     this.hugepagesOff = true;
-    for (const mp of this.mappings) if (mp.backing === 'anonymous' && mp.pageSize === 4096) mp.madvise('nohugepage');
+    this.adviseHugepages('nohugepage');
+  }
+
+  /** THP advice for the 4 KiB-page RAM created here (a caller's RAM keeps its owner's setting). */
+  private adviseHugepages(advice: 'hugepage' | 'nohugepage'): void {
+    for (const mp of this.mappings) if (mp.backing === 'anonymous' && mp.pageSize === 4096) mp.madvise(advice);
   }
 
   /** Arm fault handling: from now on a guest access to a missing page becomes a request. */
@@ -456,9 +461,8 @@ class IncomingSession {
     await this.faults!.stop();
     this.faults = null;
     this.releaseUffd();
-    // Huge pages back on (QEMU does the same) for the RAM created here; a caller's RAM keeps
-    // whatever setting its owner gave it.
-    for (const mp of this.mappings) if (mp.backing === 'anonymous' && mp.pageSize === 4096) mp.madvise('hugepage');
+    // Huge pages back on (QEMU does the same).
+    this.adviseHugepages('hugepage');
     this.state.to(DestState.COMPLETED, 'END');
     const machine = this.machine!;
     const r = this.report;

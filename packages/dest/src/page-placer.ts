@@ -68,7 +68,6 @@ export class PagePlacer {
   /** Called for each requested page right after it was placed (postcopy latency, blocktime). */
   onRequestedPlaced: ((b: PlacerBlock, page: number) => void) | null = null;
   private readonly uffd: Userfaultfd;
-  private readonly zeroHuge = new Map<number, Buffer>();
 
   constructor(uffd: Userfaultfd, mappings: readonly Mapping[]) {
     this.uffd = uffd;
@@ -183,27 +182,7 @@ export class PagePlacer {
 
   /** Maps zero pages over the missing pages [first, end) of a block. */
   zeroIn(b: PlacerBlock, first: number, end: number): void {
-    const ps = b.pageSize;
-    if (ps !== 4096) {
-      // hugetlbfs has no UFFDIO_ZEROPAGE: copy from a zero buffer instead.
-      let zero = this.zeroHuge.get(ps);
-      if (!zero) {
-        zero = Buffer.alloc(ps);
-        this.zeroHuge.set(ps, zero);
-      }
-      for (let p = first; p < end; p++) this.copyIn(b, p, p + 1, zero, 0);
-    } else {
-      const len = (end - first) * ps;
-      let done = 0;
-      let stalls = 0;
-      while (done < len) {
-        const at = done;
-        const r = this.uffd.zeropage(b.mapping.addr + first * ps + done, len - done, 0, () => `block ${b.name}, offset ${hex(first * ps + at)}`);
-        if (r === ALREADY_PRESENT) done = Math.floor(done / ps) * ps + ps;
-        else if (r === 0 && ++stalls > 1000) throw new Error(`UFFDIO_ZEROPAGE made no progress (EAGAIN) (block ${b.name}, offset ${hex(first * ps + done)})`);
-        else done += r;
-      }
-    }
+    mapZeroPages(this.uffd, b.name, b.mapping.addr, b.pageSize, first, end);
     this.markPresent(b, first, end);
   }
 
@@ -254,5 +233,42 @@ export class PagePlacer {
     }
     this.stats.received += n;
     return n;
+  }
+}
+
+const zeroHugePages = new Map<number, Buffer>();
+
+/**
+ * Maps zero pages over pages [first, end) of the block at `addr` (used by the placer and by the
+ * fault thread): UFFDIO_ZEROPAGE for 4 KiB pages (the shared zero page, nothing allocated); a
+ * copy from a zero buffer for huge pages, as hugetlbfs has no UFFDIO_ZEROPAGE. Pages already
+ * present are left as they are; a short result resumes, and a call that makes no progress again
+ * and again fails with an error naming the block and offset.
+ */
+export function mapZeroPages(uffd: Userfaultfd, name: string, addr: number, pageSize: number, first: number, end: number): void {
+  const object = (off: number) => (): string => `block ${name}, offset ${hex(off)}`;
+  if (pageSize !== 4096) {
+    let zero = zeroHugePages.get(pageSize);
+    if (!zero) {
+      zero = Buffer.alloc(pageSize);
+      zeroHugePages.set(pageSize, zero);
+    }
+    for (let p = first; p < end; p++) {
+      let stalls = 0;
+      while (uffd.copy(addr + p * pageSize, zero, pageSize, 0, object(p * pageSize)) === 0) {
+        if (++stalls > 1000) throw new Error(`UFFDIO_COPY made no progress (EAGAIN) (block ${name}, offset ${hex(p * pageSize)})`);
+      }
+    }
+    return;
+  }
+  const start = first * pageSize;
+  const len = (end - first) * pageSize;
+  let done = 0;
+  let stalls = 0;
+  while (done < len) {
+    const r = uffd.zeropage(addr + start + done, len - done, 0, object(start + done));
+    if (r === ALREADY_PRESENT) done = Math.floor(done / pageSize) * pageSize + pageSize;
+    else if (r === 0 && ++stalls > 1000) throw new Error(`UFFDIO_ZEROPAGE made no progress (EAGAIN) (block ${name}, offset ${hex(start + done)})`);
+    else done += r;
   }
 }
