@@ -6,6 +6,7 @@
 //   postcopy-sweep DESIGN.md §5: 1 GiB ab guest, one vCPU sweeping 1–1000 MiB, postcopy
 //                  500 ms after the migration starts (QEMU 7.2 here: 2.57 s total, 5 ms
 //                  downtime, 322 ms blocktime)
+//   postcopy-preempt the same with --preempt: requested pages on their own connection
 //
 // Page-data rate = page bytes moved / (total time − setup time); the zero guest's figure is
 // "effective": RAM size / (total − setup). Run: `node --import tsx bench/migration.ts`.
@@ -44,6 +45,11 @@ export const SCENARIOS: Scenario[] = [
   {
     name: 'postcopy-sweep',
     send: ['--ram', '1G', '--vcpus', '1', '--sweep', '1M-1000M', '--migrate-after', '2000', '--postcopy', '--postcopy-after', '500'],
+    recv: [],
+  },
+  {
+    name: 'postcopy-preempt',
+    send: ['--ram', '1G', '--vcpus', '1', '--sweep', '1M-1000M', '--migrate-after', '2000', '--postcopy', '--postcopy-after', '500', '--preempt'],
     recv: [],
   },
 ];

@@ -29,6 +29,7 @@ export interface SendArgs {
   postcopy: boolean;
   postcopyAfter: string;
   postcopyFallback: 'precopy' | 'fail';
+  preempt: boolean;
   runAfter: number;
   json: boolean;
   progress: boolean;
@@ -68,7 +69,16 @@ export async function runSend(a: SendArgs): Promise<number> {
 export async function sendMachine(
   machine: Machine,
   to: string,
-  a: { maxBandwidth: string; downtimeLimit: number; timeout: number; progress: boolean; postcopy?: boolean; postcopyAfter?: string; postcopyFallback?: 'precopy' | 'fail' },
+  a: {
+    maxBandwidth: string;
+    downtimeLimit: number;
+    timeout: number;
+    progress: boolean;
+    postcopy?: boolean;
+    postcopyAfter?: string;
+    postcopyFallback?: 'precopy' | 'fail';
+    preempt?: boolean;
+  },
 ): Promise<MigrationReport> {
   const progress = new ProgressLine(a.progress);
   let postcopyAfter: number | 'auto' = 'auto';
@@ -81,6 +91,7 @@ export async function sendMachine(
     postcopy: a.postcopy ?? false,
     postcopyAfter,
     postcopyFallback: a.postcopyFallback ?? 'precopy',
+    preempt: a.preempt ?? false,
     maxBandwidth: parseRate(a.maxBandwidth, '--max-bandwidth'),
     downtimeLimitMs: a.downtimeLimit,
     timeoutMs: a.timeout * 1000,

@@ -6,15 +6,19 @@
  *   - known zero (sent as a zero page, left unmapped): maps the zero page itself, no request,
  *     and with it every other known-zero page of the same 2 MiB window (a guest that touches
  *     one page of a zero area touches its neighbours next: one fault instead of 512);
- *   - missing: marks it requested in the shared page-state array and reports it as new;
+ *   - missing: marks it requested in the shared page-state array and reports it as new (with
+ *     preempt, it sends the request on the preempt channel itself first);
  *   - already requested: reports it as a duplicate (for blocktime), no second request.
- * Reports go to the main thread in one message per read batch. This thread never touches
- * guest RAM: it only reads fault messages and the page-state arrays.
+ * Reports go to the main thread in one message per read batch. Without preempt the thread
+ * blocks in poll(); with preempt it runs an event loop that also drives the preempt channel
+ * (preempt-channel.ts). This thread never touches guest RAM: it reads fault messages and the
+ * page-state arrays, and places pages only by ioctl.
  */
 import { isMainThread, parentPort, workerData } from 'node:worker_threads';
 import {
   EventFd,
   FdWaiter,
+  watchFd,
   UFFD_EVENT_PAGEFAULT,
   UFFD_MSG_SIZE,
   Userfaultfd,
@@ -24,7 +28,17 @@ import {
 } from '@livemig/uffd';
 
 import { mapZeroPages } from './page-placer.js';
-import { FAULT_DUPLICATE, FAULT_FIELDS, FAULT_LOCAL_ZERO, FAULT_NEW, FAULT_OUTSIDE, type FaultWorkerData } from './fault-messages.js';
+import {
+  FAULT_DUPLICATE,
+  FAULT_FIELDS,
+  FAULT_LOCAL_ZERO,
+  FAULT_NEW,
+  FAULT_NEW_SENT,
+  FAULT_OUTSIDE,
+  type FaultWorkerData,
+  type PreemptAttachMessage,
+} from './fault-messages.js';
+import { PreemptEndpoint } from './preempt-channel.js';
 
 const MISSING = 0;
 const PRESENT = 1;
@@ -55,22 +69,29 @@ function mapZeroWindow(uffd: Userfaultfd, b: { name: string; addr: number; pageS
   }
 }
 
-function run(data: FaultWorkerData): void {
-  const uffd = Userfaultfd.fromFd(data.uffdFd, data.features);
-  const stop = EventFd.fromFd(data.stopFd);
-  const blocks = data.blocks.map((b) => ({ ...b, end: b.addr + b.length, states: new Uint8Array(b.state) }));
-  const waiter = new FdWaiter([data.uffdFd, data.stopFd]);
-  const buf = new Uint8Array(UFFD_MSG_SIZE * 128);
-  for (;;) {
-    const ready = waiter.wait(-1);
-    if (ready & 2) {
-      stop.drain();
-      parentPort!.postMessage({ type: 'stopped' });
-      return;
-    }
-    if (!(ready & 1)) continue;
-    const n = uffd.readRaw(buf);
-    if (n <= 0) continue; // EAGAIN: a racing UFFDIO_COPY already woke the thread
+/** One read batch of fault messages, classified; `request` asks for a new page itself when it can. */
+class FaultReader {
+  readonly buf = new Uint8Array(UFFD_MSG_SIZE * 128);
+  private readonly uffd: Userfaultfd;
+  private readonly blocks: Array<{ name: string; addr: number; end: number; pageSize: number; states: Uint8Array }>;
+  /** Sends a request on the preempt channel; false when there is none (the main thread asks). */
+  request: (bi: number, page: number) => boolean = () => false;
+
+  constructor(uffd: Userfaultfd, data: FaultWorkerData) {
+    this.uffd = uffd;
+    this.blocks = data.blocks.map((b) => ({ ...b, end: b.addr + b.length, states: new Uint8Array(b.state) }));
+  }
+
+  /** Reads and handles one batch; false when there was nothing to read (EAGAIN). */
+  readBatch(): boolean {
+    const n = this.uffd.readRaw(this.buf);
+    if (n <= 0) return false; // EAGAIN: a racing UFFDIO_COPY already woke the thread
+    this.handle(n);
+    return true;
+  }
+
+  private handle(n: number): void {
+    const { buf, blocks, uffd } = this;
     const out = new Float64Array(n * FAULT_FIELDS);
     let k = 0;
     const t = Number(process.hrtime.bigint() / 1000n);
@@ -115,16 +136,85 @@ function run(data: FaultWorkerData): void {
       out[k++] = page;
       out[k++] = tid;
       out[k++] = t;
-      out[k++] = prev === REQUESTED ? FAULT_DUPLICATE : FAULT_NEW;
+      out[k++] = prev === REQUESTED ? FAULT_DUPLICATE : this.request(bi, page) ? FAULT_NEW_SENT : FAULT_NEW;
       out[k++] = 0;
     }
     if (k > 0) parentPort!.postMessage({ type: 'faults', faults: k === out.length ? out : out.slice(0, k) });
   }
 }
 
+/** Without preempt: block in poll() on the userfaultfd and the stop eventfd; the main thread sends requests. */
+function runBlocking(data: FaultWorkerData): void {
+  const uffd = Userfaultfd.fromFd(data.uffdFd, data.features);
+  const stop = EventFd.fromFd(data.stopFd);
+  const reader = new FaultReader(uffd, data);
+  const waiter = new FdWaiter([data.uffdFd, data.stopFd]);
+  for (;;) {
+    const ready = waiter.wait(-1);
+    if (ready & 2) {
+      stop.drain();
+      parentPort!.postMessage({ type: 'stopped', preempt: null });
+      return;
+    }
+    if (ready & 1) reader.readBatch();
+  }
+}
+
+/**
+ * With preempt: an event loop watches the userfaultfd and the stop eventfd (uv_poll) and
+ * drives the preempt channel's socket; a new fault's request leaves on the preempt channel
+ * from here, without a hop through the main thread.
+ */
+function runLoop(data: FaultWorkerData): void {
+  const uffd = Userfaultfd.fromFd(data.uffdFd, data.features);
+  const stop = EventFd.fromFd(data.stopFd);
+  const reader = new FaultReader(uffd, data);
+  const blocks = data.blocks.map((b) => ({ name: b.name, addr: b.addr, length: b.length, pageSize: b.pageSize, states: new Uint8Array(b.state) }));
+  let placed: number[] = [];
+  const flushPlaced = (): void => {
+    if (placed.length === 0) return;
+    parentPort!.postMessage({ type: 'placed', placed: Float64Array.from(placed) });
+    placed = [];
+  };
+  const preempt = new PreemptEndpoint(uffd, blocks, new Int32Array(data.received), {
+    placed: (bi, page, t) => {
+      if (placed.length === 0) queueMicrotask(flushPlaced);
+      placed.push(bi, page, t);
+    },
+    closed: (err) => parentPort!.postMessage({ type: 'preempt-closed', message: err.message }),
+  });
+  reader.request = (bi, page) => {
+    if (!preempt.ready) return false;
+    preempt.request(bi, page);
+    return true;
+  };
+  const faults = watchFd(data.uffdFd, (err) => {
+    if (err) throw err;
+    while (reader.readBatch());
+  });
+  const stopWatch = watchFd(data.stopFd, () => {
+    stop.drain();
+    faults.close();
+    stopWatch.close();
+    preempt.close();
+    flushPlaced();
+    parentPort!.postMessage({ type: 'stopped', preempt: preempt.stats });
+    parentPort!.close();
+  });
+  parentPort!.on('message', (m: PreemptAttachMessage) => {
+    if (m.type !== 'preempt') return;
+    preempt.attach(m.fd, m.uuid, m.accept).then(
+      (label) => parentPort!.postMessage({ type: 'preempt-ready', label }),
+      (e: Error) => parentPort!.postMessage({ type: 'preempt-failed', message: e.message }),
+    );
+  });
+}
+
 if (!isMainThread) {
   try {
-    run(workerData as FaultWorkerData);
+    const data = workerData as FaultWorkerData;
+    if (data.preempt) runLoop(data);
+    else runBlocking(data);
   } catch (e) {
     parentPort!.postMessage({ type: 'error', message: (e as Error).message });
   }

@@ -129,8 +129,20 @@ export class IncomingMigration {
       });
     });
     if (!socket) return session.refuse(new Error('the listener was closed before a migration arrived'));
-    this.server.close();
-    return session.run(socket);
+    // Later connections belong to this migration (its preempt channel) or are turned away;
+    // the listener closes once the migration no longer expects any.
+    const onConnection = (s: net.Socket): void => {
+      if (!session.extraConnection(s)) s.destroy();
+      if (!session.expectsConnection) this.server.close();
+    };
+    this.server.on('connection', onConnection);
+    const result = session.run(socket);
+    session.onSettled(() => {
+      this.server.off('connection', onConnection);
+      this.server.close();
+    });
+    if (!session.expectsConnection) this.server.close();
+    return result;
   }
 }
 
@@ -172,6 +184,12 @@ class IncomingSession {
   private stoppedAt = 0;
   private progressAtRun = 0;
   private postcopyBytesAtRun = 0;
+  /** The source announced a preempt channel (SETUP caps). */
+  private preemptWanted = false;
+  /** The preempt connection, accepted but waiting for the fault thread (before ADVISE). */
+  private preemptSocket: net.Socket | null = null;
+  private preemptReady: Promise<string> | null = null;
+  private settledHooks: Array<() => void> = [];
 
   constructor(opts: IncomingOptions) {
     this.opts = opts;
@@ -197,11 +215,50 @@ class IncomingSession {
     });
   }
 
+  /** Whether the migration still waits for a connection (its preempt channel). */
+  get expectsConnection(): boolean {
+    if (this.state.terminal) return false;
+    // Until SETUP is read, a preempt channel may still be announced.
+    if (this.state.current === DestState.NONE) return true;
+    return this.preemptWanted && this.preemptSocket === null && this.preemptReady === null;
+  }
+
+  /** Runs `f` once the migration has ended (completed or failed). */
+  onSettled(f: () => void): void {
+    this.settledHooks.push(f);
+  }
+
+  /** A further connection arrived on the listener: taken as the preempt channel, or refused (false). */
+  extraConnection(socket: net.Socket): boolean {
+    if (!this.expectsConnection || this.state.current === DestState.NONE) return false;
+    socket.on('error', () => undefined);
+    if (this.faults) this.attachPreempt(socket);
+    else this.preemptSocket = socket; // handed over once ADVISE has started the fault thread
+    return true;
+  }
+
+  private attachPreempt(socket: net.Socket): void {
+    this.preemptSocket = null;
+    this.preemptReady = this.faults!.attachPreempt(socket, this.report.uuid, this.acceptOptions());
+    this.preemptReady.then(
+      (label) => trace('dest', `${label} ready`),
+      () => undefined, // surfaced at LISTEN
+    );
+  }
+
+  /** Options for the handshake of every channel of this migration. */
+  private acceptOptions(): Record<string, unknown> {
+    return {};
+  }
+
   run(socket: net.Socket): Promise<IncomingResult> {
     return new Promise<IncomingResult>((resolve) => {
-      this.done = resolve;
+      this.done = (r) => {
+        resolve(r);
+        for (const f of this.settledHooks.splice(0)) f();
+      };
       this.t0 = performance.now();
-      acceptChannel(socket, { roles: ['main'] }).then(
+      acceptChannel(socket, { ...this.acceptOptions(), roles: ['main'] }).then(
         ({ channel, hello }) => {
           this.ch = channel;
           this.report.uuid = hello.uuid;
@@ -300,8 +357,7 @@ class IncomingSession {
       case MsgType.LISTEN:
         this.state.to(DestState.LISTENING, 'LISTEN');
         trace('dest', `LISTEN after ${this.discardRanges} discard ranges`);
-        this.listen();
-        return;
+        return this.listen();
       case MsgType.RUN:
         this.state.to(DestState.RUNNING, 'RUN');
         return this.runGuest();
@@ -342,8 +398,12 @@ class IncomingSession {
       this.uffd!,
       [...placer.blocks.values()].map((b) => ({ name: b.name, addr: b.mapping.addr, length: b.mapping.length, pageSize: b.pageSize, state: b.stateBuffer })),
       {
-        request: (bi, page, tid, t) => this.onFault(bi, page, tid, t, true),
-        duplicate: (bi, page, tid, t) => this.onFault(bi, page, tid, t, false),
+        request: (bi, page, tid, t, sent) => this.onFault(bi, page, tid, t, true, sent),
+        duplicate: (bi, page, tid, t) => this.onFault(bi, page, tid, t, false, false),
+        placed: (bi, page, t) => this.onRequestedPlaced(this.blockAt(bi), page, t),
+        preemptClosed: (err) => {
+          if (this.state.current !== DestState.END && !this.state.terminal) void this.fail(err);
+        },
         localZero: (bi, page, tid, t, done) => {
           this.zeroFaults++;
           const b = this.blockAt(bi);
@@ -353,7 +413,9 @@ class IncomingSession {
         },
         fatal: (err) => this.ch?.close(err),
       },
+      { preempt: this.preemptWanted, received: placer.receivedElsewhere },
     );
+    if (this.preemptSocket) this.attachPreempt(this.preemptSocket);
     this.ch!.send({ type: MsgType.ACK, of: MsgType.ADVISE, info: { ok: true } });
   }
 
@@ -364,10 +426,25 @@ class IncomingSession {
     return this.blockList[bi]!;
   }
 
-  private onFault(bi: number, page: number, tid: number, t: number, isNew: boolean): void {
+  private onFault(bi: number, page: number, tid: number, t: number, isNew: boolean, sent: boolean): void {
     const b = this.blockAt(bi);
     const key = b.mapping.addr + page * b.pageSize;
     this.blocktime?.fault(tid, key, t);
+    if (sent) {
+      // The fault thread asked on the preempt channel itself. The page may be placed already:
+      // by the main channel (then its placement time was recorded here), or by the preempt
+      // channel, whose report of it always comes after this fault report.
+      this.requests++;
+      const at = this.placedBeforeFault.get(key);
+      if (at === undefined) {
+        this.requestedAt.set(key, t);
+        return;
+      }
+      this.placedBeforeFault.delete(key);
+      this.latency.add(at - t);
+      this.blocktime?.placed(key, at);
+      return;
+    }
     if (b.state[page] === PAGE_PRESENT) {
       // The page arrived between the fault and this message (the background stream often
       // brings the very next page): the thread ran again from its placement, nothing to ask.
@@ -380,12 +457,13 @@ class IncomingSession {
     if (!this.ch || this.ch.closed) return; // failing: fail() releases the waiting threads
     this.requests++;
     this.requestedAt.set(key, t);
-    this.ch.send({ type: MsgType.REQ_PAGES, block: b.name, offset: page * b.pageSize, length: b.pageSize });
+    // With preempt the fault thread has already asked on the preempt channel.
+    if (!sent) this.ch.send({ type: MsgType.REQ_PAGES, block: b.name, offset: page * b.pageSize, length: b.pageSize });
   }
 
-  private onRequestedPlaced(b: PlacerBlock, page: number): void {
+  /** A requested page was placed (here, or by the preempt channel at `t`). */
+  private onRequestedPlaced(b: PlacerBlock, page: number, t = nowUs()): void {
     const key = b.mapping.addr + page * b.pageSize;
-    const t = nowUs();
     const at = this.requestedAt.get(key);
     if (at !== undefined) {
       this.requestedAt.delete(key);
@@ -424,10 +502,21 @@ class IncomingSession {
     for (const mp of this.mappings) if (mp.backing === 'anonymous' && mp.pageSize === 4096) mp.madvise(advice);
   }
 
-  /** Arm fault handling: from now on a guest access to a missing page becomes a request. */
-  private listen(): void {
+  /**
+   * Arm fault handling: from now on a guest access to a missing page becomes a request. With
+   * preempt, the preempt channel must be up first.
+   */
+  private async listen(): Promise<void> {
     this.hugepagesOffOnce();
     if (!this.faults) throw new Error('LISTEN without an accepted ADVISE');
+    if (this.preemptWanted) {
+      if (!this.preemptReady) throw new Error('LISTEN before the preempt channel was set up (the source announced one)');
+      try {
+        await this.preemptReady;
+      } catch (e) {
+        throw new Error(`preempt channel: ${(e as Error).message}`);
+      }
+    }
     const placer = this.placer!.placer;
     placer.postcopy = true;
     placer.onRequestedPlaced = (b, page) => this.onRequestedPlaced(b, page);
@@ -459,6 +548,7 @@ class IncomingSession {
     const endAt = performance.now();
     const faultsSeen = this.faults!.faults;
     await this.faults!.stop();
+    const preempt = this.faults!.preemptStats;
     this.faults = null;
     this.releaseUffd();
     // Huge pages back on (QEMU does the same).
@@ -477,6 +567,7 @@ class IncomingSession {
       latencyHistogram: this.latency.histogramObject(),
       durationMs: round1(endAt - this.runAt),
       guestProgress: sum(machine.progress?.() ?? []) - this.progressAtRun,
+      ...(preempt ? { preempt: { requests: preempt.requests, pages: preempt.pages, bytes: preempt.bytes } } : {}),
     };
     r.discard = { ranges: this.discardRanges, commands: this.discardCommands, pages: this.discardPages, maxRangesPerCommand: this.discardMaxRanges };
     this.ch!.send({ type: MsgType.SHUT, status: 'ok' });
@@ -503,6 +594,7 @@ class IncomingSession {
   /** Checks the source's description and creates the guest's RAM; answers ACK or refuses. */
   private async setup(m: SetupMessage): Promise<void> {
     this.table = new BlockTable(m.blocks);
+    this.preemptWanted = m.caps.includes('preempt') && m.caps.includes('postcopy');
     this.report.guest = { kind: m.guest.kind, vcpus: m.vcpus };
     const total = m.blocks.reduce((n, b) => n + b.length, 0);
     this.totalBytes = total;
@@ -626,6 +718,8 @@ class IncomingSession {
     if (this.state.terminal) return;
     this.state.fail();
     this.ch?.close(err);
+    this.preemptSocket?.destroy();
+    this.preemptSocket = null;
     // Postcopy: the guest may be blocked on pages that will never come. Closing the
     // userfaultfd below releases those threads so the guest can be torn down.
     await this.faults?.kill();

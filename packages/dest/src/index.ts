@@ -6,3 +6,4 @@ export * from './incoming.js';
 export * from './dest-state.js';
 export * from './dest-machine.js';
 export * from './page-placer.js';
+export { PreemptEndpoint, type PreemptBlock, type PreemptEvents } from './preempt-channel.js';

@@ -89,9 +89,15 @@ export class PagePlacer {
     this.totalPages = total;
   }
 
+  /**
+   * Pages received and counted by another thread (the preempt channel's), shared with it:
+   * one Int32 at index 0.
+   */
+  readonly receivedElsewhere = new Int32Array(new SharedArrayBuffer(4));
+
   /** Pages not received yet. */
   get missing(): number {
-    return this.totalPages - this.stats.received;
+    return this.totalPages - this.stats.received - Atomics.load(this.receivedElsewhere, 0);
   }
 
   block(name: string): PlacerBlock {
@@ -127,29 +133,15 @@ export class PagePlacer {
 
   private copyIn(b: PlacerBlock, first: number, end: number, src: Buffer, srcOff: number): void {
     const ps = b.pageSize;
-    const dst = b.mapping.addr + first * ps;
-    const srcAddr = bufferAddress(src) + srcOff;
-    const len = (end - first) * ps;
-    let done = 0;
-    let stalls = 0;
-    while (done < len) {
-      const at = done;
-      const r = this.uffd.copy(dst + done, srcAddr + done, len - done, 0, () => `block ${b.name}, offset ${hex(first * ps + at)}`);
-      if (r === ALREADY_PRESENT) {
-        // Something placed this page already (the fault thread's zero page, a racing copy):
-        // precopy overwrites it with the newer data, postcopy keeps what the guest sees.
-        const pageOff = Math.floor(done / ps) * ps;
-        if (!this.postcopy) src.copy(b.buffer, first * ps + pageOff, srcOff + pageOff, srcOff + pageOff + ps);
-        done = pageOff + ps;
-      } else {
-        // A short copy (EAGAIN) resumes where the kernel stopped; one that copies nothing
-        // again and again means the mapping is changing under us.
-        if (r === 0 && ++stalls > 1000) {
-          throw new Error(`UFFDIO_COPY made no progress (EAGAIN) (block ${b.name}, offset ${hex(first * ps + done)})`);
-        }
-        done += r;
-      }
-    }
+    // Something placed a page already (the fault thread's zero page, the preempt channel, a
+    // racing copy): precopy overwrites it with the newer data, postcopy keeps what the guest sees.
+    const onPresent = this.postcopy
+      ? undefined
+      : (page: number): void => {
+          const at = (page - first) * ps;
+          src.copy(b.buffer, page * ps, srcOff + at, srcOff + at + ps);
+        };
+    copyPages(this.uffd, b.name, b.mapping.addr, ps, first, end, bufferAddress(src) + srcOff, onPresent);
   }
 
   /** Records (precopy) or maps (postcopy) `count` zero pages from page index `first`. */
@@ -192,10 +184,11 @@ export class PagePlacer {
     const hook = this.onRequestedPlaced;
     let fresh = 0;
     for (let p = first; p < end; p++) {
-      const s = state[p];
+      // Atomic: the preempt channel's thread may mark the same page at the same moment, and
+      // only the first of the two counts it.
+      const s = Atomics.exchange(state, p, PAGE_PRESENT);
       if (s === PAGE_PRESENT) continue;
       if (s !== PAGE_ZERO) fresh++;
-      state[p] = PAGE_PRESENT;
       if (s === PAGE_REQUESTED && hook) hook(b, p);
     }
     this.stats.received += fresh;
@@ -220,7 +213,7 @@ export class PagePlacer {
 
   /** Records every page never received as zero (the source sends all; this is a safety net). */
   zeroUnreceived(): number {
-    if (this.stats.received === this.totalPages) return 0;
+    if (this.missing === 0) return 0;
     let n = 0;
     for (const b of this.blocks.values()) {
       const state = b.state;
@@ -233,6 +226,43 @@ export class PagePlacer {
     }
     this.stats.received += n;
     return n;
+  }
+}
+
+/**
+ * UFFDIO_COPY of pages [first, end) of the block at `addr` from `srcAddr` (the pages in order),
+ * in as few ioctls as the kernel allows. A page already present (EEXIST) is skipped, after
+ * `onPresent(page)` when given; a short copy (EAGAIN) resumes where the kernel stopped, and one
+ * that makes no progress again and again fails with an error naming the block and offset.
+ * Shared by the placer and the preempt channel's thread.
+ */
+export function copyPages(
+  uffd: Userfaultfd,
+  name: string,
+  addr: number,
+  pageSize: number,
+  first: number,
+  end: number,
+  srcAddr: number,
+  onPresent?: (page: number) => void,
+): void {
+  const dst = addr + first * pageSize;
+  const len = (end - first) * pageSize;
+  let done = 0;
+  let stalls = 0;
+  while (done < len) {
+    const at = done;
+    const r = uffd.copy(dst + done, srcAddr + done, len - done, 0, () => `block ${name}, offset ${hex(first * pageSize + at)}`);
+    if (r === ALREADY_PRESENT) {
+      const pageOff = Math.floor(done / pageSize) * pageSize;
+      onPresent?.(first + pageOff / pageSize);
+      done = pageOff + pageSize;
+    } else {
+      if (r === 0 && ++stalls > 1000) {
+        throw new Error(`UFFDIO_COPY made no progress (EAGAIN) (block ${name}, offset ${hex(first * pageSize + done)})`);
+      }
+      done += r;
+    }
   }
 }
 

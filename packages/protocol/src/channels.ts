@@ -6,7 +6,8 @@ import { ProtocolError } from './errors.js';
 import { MsgType } from './messages.js';
 
 /** main: source → destination; return: destination → source (reverse of main's
- *  connection); preempt: source → destination urgent pages, own connection. */
+ *  connection); preempt: its own connection, urgent pages source → destination and the
+ *  page requests that asked for them destination → source. */
 export type ChannelRole = 'main' | 'return' | 'preempt';
 
 export const ROLE_CODES: Readonly<Record<ChannelRole, number>> = { main: 1, return: 2, preempt: 3 };
@@ -31,7 +32,7 @@ const ALLOWED: Record<ChannelRole, Set<number>> = {
     T.LISTEN, T.RUN, T.END, T.COMPLETE, T.RESUME, ...ANY,
   ]),
   return: new Set<number>([T.ACK, T.REQ_PAGES, T.SHUT, T.RECV_BITMAP, T.RESUME_ACK, ...ANY]),
-  preempt: new Set<number>([T.PAGES, T.PAGE_RUN, T.ZERO, ...ANY]),
+  preempt: new Set<number>([T.PAGES, T.PAGE_RUN, T.ZERO, T.REQ_PAGES, ...ANY]),
 };
 
 /** Whether a message type may be sent on a channel of the given role. */

@@ -46,7 +46,7 @@ describe('channel roles (allowedOn)', () => {
   const table: Record<ChannelRole, number[]> = {
     main: [T.SETUP, T.PAGES, T.PAGE_RUN, T.ZERO, T.DEVICE, T.ROUND, T.ADVISE, T.DISCARD, T.LISTEN, T.RUN, T.END, T.COMPLETE, T.RESUME, T.PING, T.PONG, T.ERROR],
     return: [T.ACK, T.REQ_PAGES, T.SHUT, T.RECV_BITMAP, T.RESUME_ACK, T.PING, T.PONG, T.ERROR],
-    preempt: [T.PAGES, T.PAGE_RUN, T.ZERO, T.PING, T.PONG, T.ERROR],
+    preempt: [T.PAGES, T.PAGE_RUN, T.ZERO, T.REQ_PAGES, T.PING, T.PONG, T.ERROR],
   };
   for (const role of ['main', 'return', 'preempt'] as const) {
     it(`the ${role} channel carries exactly ${table[role].map(msgTypeName).join(', ')}`, () => {

@@ -56,6 +56,12 @@ export interface OutgoingOptions {
   postcopyAfter?: number | 'auto';
   /** What to do when the destination cannot do postcopy: carry on with precopy (default) or fail. */
   postcopyFallback?: 'precopy' | 'fail';
+  /**
+   * Postcopy preempt channel (default false): a second connection, set up right after ADVISE,
+   * on which requested pages travel, never behind the background stream. Failing to set it
+   * up fails the migration before switchover (the guest runs on here).
+   */
+  preempt?: boolean;
   /** Called after every round and phase change. */
   onProgress?: (p: Progress) => void;
 }
@@ -114,6 +120,10 @@ export class OutgoingMigration {
   private postcopyRequested = false;
   private server: PostcopyServer | null = null;
   private table: BlockTable | null = null;
+  /** The preempt channel, when enabled and accepted. */
+  private urgent: Channel | null = null;
+  /** END was sent: the preempt channel may close now. */
+  private ending = false;
 
   constructor(machine: SourceMachine, opts: OutgoingOptions) {
     this.machine = machine;
@@ -164,6 +174,7 @@ export class OutgoingMigration {
     this.waiters.clear();
     this.server?.abort(err);
     this.ch?.close(err instanceof CancelledError ? undefined : err);
+    this.urgent?.close();
   }
 
   private checkAbort(): void {
@@ -225,7 +236,7 @@ export class OutgoingMigration {
           ...(this.machine.module !== undefined ? { module: this.machine.module } : {}),
         },
         blocks: this.machine.blocks.map((b) => ({ name: b.name, length: b.length, pageSize: b.pageSize })),
-        caps: this.opts.postcopy ? ['zero-runs', 'postcopy'] : ['zero-runs'],
+        caps: this.opts.postcopy ? (this.opts.preempt ? ['zero-runs', 'postcopy', 'preempt'] : ['zero-runs', 'postcopy']) : ['zero-runs'],
         vcpus: this.machine.vcpus,
       } as const;
       this.table = new BlockTable(setup.blocks);
@@ -261,8 +272,10 @@ export class OutgoingMigration {
         // ADVISE first, so a destination that cannot do postcopy says so before any page moves.
         this.send({ type: MsgType.ADVISE, pageSizes: [...new Set(this.machine.blocks.map((b) => b.pageSize))] });
         const ack = (await this.expect(MsgType.ADVISE)).msg as { info?: { ok?: boolean; reason?: string } };
-        if (ack.info?.ok === true) this.postcopyWanted = true;
-        else {
+        if (ack.info?.ok === true) {
+          this.postcopyWanted = true;
+          if (this.opts.preempt) await this.connectPreempt();
+        } else {
           const reason = ack.info?.reason ?? 'the destination refused postcopy';
           if ((this.opts.postcopyFallback ?? 'precopy') === 'fail') throw new Error(reason);
           report.postcopyRefused = reason;
@@ -382,7 +395,7 @@ export class OutgoingMigration {
         this.send({ type: MsgType.DEVICE }, pack(this.machine.saveDevice()));
         this.send({ type: MsgType.LISTEN });
         trace('source', 'device state and LISTEN sent');
-        this.server = new PostcopyServer(ch, sender, blocks);
+        this.server = new PostcopyServer(ch, sender, blocks, this.urgent);
         this.limiter.setLimit(0); // postcopy runs at full speed: the guest waits for these pages
         this.send({ type: MsgType.RUN });
         this.pointOfNoReturn = true; // from RUN on, the guest lives on the destination
@@ -395,12 +408,21 @@ export class OutgoingMigration {
         const postStart = performance.now();
         await this.race(this.server.run());
         trace('source', 'every page sent');
+        // Urgent pages travel on their own connection: END (on the main one) must not overtake
+        // them. The destination answers this PING after placing everything sent before it.
+        if (this.urgent) await this.roundTrip(this.urgent);
+        this.ending = true; // the destination closes the preempt channel when it ends
         this.send({ type: MsgType.END });
         const shut = await this.expect(MsgType.SHUT);
         if (shut.msg.type !== MsgType.SHUT || shut.msg.status !== 'ok') {
           throw new Error(`destination failed to finish postcopy: ${(shut.msg as { reason?: string }).reason ?? 'no reason given'}`);
         }
-        report.postcopy = { requests: this.server.stats.requests, durationMs: round1(performance.now() - postStart) };
+        const st = this.server.stats;
+        report.postcopy = {
+          requests: st.requests,
+          durationMs: round1(performance.now() - postStart),
+          ...(this.urgent ? { preempt: { requests: st.urgentRequests, pages: st.urgentPages, bytes: st.urgentBytes } } : {}),
+        };
         report.ram.postcopyBytes = sender.stats.dataBytes - precopyBytes;
       }
       // Tracking ends off the critical path: the guest is stopped, nothing writes any more.
@@ -430,6 +452,7 @@ export class OutgoingMigration {
         await this.ch.flushed().catch(() => undefined);
         this.ch.close();
       }
+      this.urgent?.close();
     }
     report.totalTimeMs = round1(performance.now() - t0);
     if (sender) {
@@ -508,12 +531,34 @@ export class OutgoingMigration {
 
   private pingId = 0;
 
-  /** PING the destination and wait for its PONG: it has processed every frame sent before. */
-  private async roundTrip(): Promise<void> {
+  /** PING the destination and wait for its PONG: it has processed every frame sent before on `ch`. */
+  private async roundTrip(ch: Channel = this.ch!): Promise<void> {
+    this.checkAbort();
     const id = ++this.pingId;
     const pong = reply(this.pongWaiters, id, 'PING');
-    this.send({ type: MsgType.PING, id });
+    ch.send({ type: MsgType.PING, id });
     await this.race(pong);
+  }
+
+  /**
+   * Dials the preempt channel (same migration UUID). The destination's fault thread takes it
+   * over; requests arrive on it and their pages leave on it.
+   */
+  private async connectPreempt(): Promise<void> {
+    const connecting = connectChannel({ endpoint: this.endpoint, role: 'preempt', uuid: this.uuid });
+    connecting.then((c) => this.abortError && c.close(), () => undefined);
+    let urgent: Channel;
+    try {
+      urgent = await this.race(connecting);
+    } catch (e) {
+      throw this.abortError ?? new Error(`preempt channel could not be set up: ${(e as Error).message}`);
+    }
+    this.urgent = urgent;
+    trace('source', 'preempt channel connected');
+    urgent.setHandler((f) => this.onReturnFrame(f, true));
+    void urgent.whenClosed().then((err) => {
+      if (this.phase !== 'completed' && !this.ending) this.abort(new Error(`preempt channel: ${err?.message ?? 'closed by the destination'}`));
+    });
   }
 
   private readonly pongWaiters: Waiters = new Map();
@@ -528,13 +573,14 @@ export class OutgoingMigration {
     return this.race(reply(this.waiters, of, msgTypeName(of)));
   }
 
-  private onReturnFrame(f: Frame): void {
+  /** A frame from the destination: on the return path, or on the preempt channel (`onPreempt`). */
+  private onReturnFrame(f: Frame, onPreempt = false): void {
     const m = f.msg;
     switch (m.type) {
       case MsgType.REQ_PAGES: {
         if (!this.server) throw new Error('REQ_PAGES before postcopy');
         this.table!.checkMessage(m);
-        this.server.request(m.block, m.offset, m.length);
+        this.server.request(m.block, m.offset, m.length, onPreempt);
         return;
       }
       case MsgType.ACK:

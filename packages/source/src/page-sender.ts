@@ -40,7 +40,8 @@ const MAX_SPARSE = 256;
 const FLUSH_BYTES = 1024 * 1024;
 
 const zeroPages = new Map<number, Buffer>();
-function zeroPage(pageSize: number): Buffer {
+/** A shared all-zero page of `pageSize` bytes, to compare pages with. */
+export function zeroPage(pageSize: number): Buffer {
   let z = zeroPages.get(pageSize);
   if (!z) {
     z = Buffer.alloc(pageSize);

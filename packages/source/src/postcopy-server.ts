@@ -6,9 +6,16 @@
  * background scan then continues just after the requested pages (QEMU: spatial locality, the
  * guest is likely to touch the next pages soon). Pages already sent are not sent again: a
  * request for one is for a page still in flight.
+ *
+ * With a preempt channel, a request is answered at once on that channel, whatever the
+ * background stream is doing, and even when the page already left on the main channel: it may
+ * sit behind megabytes of bulk data there, and the destination drops whichever copy comes
+ * second.
  */
+import { MsgType } from '@livemig/protocol';
 import type { Channel } from '@livemig/transport';
-import type { PageSender } from './page-sender.js';
+import { zeroPage, type PageSender } from './page-sender.js';
+import { PageBitmap } from './page-bitmap.js';
 import type { BlockState } from './outgoing.js';
 
 /** Background batch: 1 MiB of 4 KiB pages. */
@@ -19,6 +26,15 @@ const BACKGROUND_BATCH = 256;
  * kernel holds) while keeping the stream busy.
  */
 const BACKGROUND_WINDOW = 2;
+/**
+ * With a preempt channel, requests never wait behind the background stream, so it may run
+ * like precopy: larger batches and more of them queued.
+ */
+const PREEMPT_BATCH = Number(process.env.LIVEMIG_PB ?? 1024);
+const PREEMPT_WINDOW = Number(process.env.LIVEMIG_PW ?? 4);
+/** Prefetch window on the preempt channel, in pages: from this after a jump, doubling up to the max. */
+const PREFETCH_MIN = Number(process.env.LIVEMIG_PFMIN ?? 0);
+const PREFETCH_MAX = Number(process.env.LIVEMIG_PFMAX ?? 0);
 
 interface Request {
   block: number;
@@ -27,8 +43,9 @@ interface Request {
 }
 
 export class PostcopyServer {
-  readonly stats = { requests: 0, requestedPages: 0, backgroundPages: 0 };
+  readonly stats = { requests: 0, requestedPages: 0, backgroundPages: 0, urgentRequests: 0, urgentPages: 0, urgentBytes: 0 };
   private readonly ch: Channel;
+  private readonly urgent: Channel | null;
   private readonly sender: PageSender;
   private readonly blocks: BlockState[];
   private readonly byName = new Map<string, number>();
@@ -39,21 +56,99 @@ export class PostcopyServer {
   private cursorBlock = 0;
   private cursor = 0;
 
-  constructor(ch: Channel, sender: PageSender, blocks: BlockState[]) {
+  /** Per block: pages sent on the preempt channel. */
+  private readonly urgentSent: PageBitmap[];
+
+  constructor(ch: Channel, sender: PageSender, blocks: BlockState[], urgent: Channel | null = null) {
     this.ch = ch;
+    this.urgent = urgent;
+    this.urgentSent = urgent ? blocks.map((b) => new PageBitmap(b.pages)) : [];
     this.sender = sender;
     this.blocks = blocks;
     blocks.forEach((b, i) => this.byName.set(b.name, i));
   }
 
-  /** The destination needs [offset, offset+length) of `block` (already validated). */
-  request(block: string, offset: number, length: number): void {
+  /**
+   * The destination needs [offset, offset+length) of `block` (already validated); `onPreempt`:
+   * the request came on the preempt channel.
+   */
+  request(block: string, offset: number, length: number, onPreempt = false): void {
     const i = this.byName.get(block);
     if (i === undefined) throw new Error(`page request for unknown RAM block "${block}"`);
     const ps = this.blocks[i]!.pageSize;
-    this.queue.push({ block: i, first: offset / ps, end: (offset + length) / ps });
+    const first = offset / ps;
+    const end = (offset + length) / ps;
     this.stats.requests++;
+    if (this.urgent && !this.urgent.closed) {
+      if (onPreempt) this.stats.urgentRequests++;
+      // A page already sent on the preempt channel is on its way there, ahead of anything
+      // sent now: asking again only means the guest outran it.
+      const urgentSent = this.urgentSent[i]!;
+      let p = first;
+      while (p < end && urgentSent.test(p)) p++;
+      if (p < end) this.sendUrgent(i, p, end);
+      this.prefetch(i, end);
+      return;
+    }
+    this.queue.push({ block: i, first, end });
     this.wake?.();
+  }
+
+  private prefetchWindow = PREFETCH_MIN;
+  private lastUrgent = { block: -1, end: 0 };
+
+  /**
+   * After an urgent page, the next still-unsent pages go on the preempt channel too, in a
+   * window that doubles while the guest's requests keep following each other (a sequential
+   * walk: the next fault would be for those pages) and shrinks back on a jump elsewhere. The
+   * background stream on the main channel has a deep queue and would bring them too late.
+   */
+  private prefetch(bi: number, from: number): void {
+    const last = this.lastUrgent;
+    const sequential = last.block === bi && from > last.end - this.prefetchWindow && from <= last.end + PREFETCH_MAX;
+    this.prefetchWindow = sequential ? Math.min(PREFETCH_MAX, this.prefetchWindow * 2) : PREFETCH_MIN;
+    const b = this.blocks[bi]!;
+    const limit = Math.min(b.pages, from + this.prefetchWindow);
+    let p = b.dirty.nextSet(from, limit);
+    let end = from;
+    while (p >= 0 && p < limit) {
+      const q = b.dirty.nextClear(p, limit);
+      this.sendUrgent(bi, p, q);
+      end = q;
+      p = q < limit ? b.dirty.nextSet(q, limit) : -1;
+    }
+    this.lastUrgent = { block: bi, end: Math.max(end, from) };
+  }
+
+  /** Sends pages [first, end) of block `bi` on the preempt channel now, and moves the background scan after them. */
+  private sendUrgent(bi: number, first: number, end: number): void {
+    const b = this.blocks[bi]!;
+    const ps = b.pageSize;
+    const zero = zeroPage(ps);
+    const ch = this.urgent!;
+    ch.cork();
+    try {
+      let p = first;
+      while (p < end) {
+        const isZero = !b.populated.test(p) || zero.compare(b.buffer, p * ps, (p + 1) * ps) === 0;
+        let q = p + 1;
+        while (q < end && (!b.populated.test(q) || zero.compare(b.buffer, q * ps, (q + 1) * ps) === 0) === isZero) q++;
+        if (isZero) ch.send({ type: MsgType.ZERO, block: b.name, pageSize: ps, runs: [[p * ps, q - p]] });
+        else {
+          ch.send({ type: MsgType.PAGE_RUN, block: b.name, pageSize: ps, offset: p * ps, count: q - p }, b.buffer.subarray(p * ps, q * ps));
+          this.stats.urgentBytes += (q - p) * ps;
+        }
+        this.stats.urgentPages += q - p;
+        p = q;
+      }
+    } finally {
+      ch.uncork();
+    }
+    b.dirty.clearRange(first, end);
+    this.urgentSent[bi]!.setRange(first, end);
+    this.stats.requestedPages += end - first;
+    this.cursorBlock = bi;
+    this.cursor = end;
   }
 
   abort(err: Error): void {
@@ -112,9 +207,9 @@ export class PostcopyServer {
       let p = b.dirty.nextSet(from);
       if (p < 0 && k === 0 && from > 0) p = b.dirty.nextSet(0);
       if (p < 0) continue;
-      const end = b.dirty.nextClear(p, p + BACKGROUND_BATCH);
+      const end = b.dirty.nextClear(p, p + (this.urgent ? PREEMPT_BATCH : BACKGROUND_BATCH));
       // Bound the background data queued in user space (see BACKGROUND_WINDOW).
-      while (this.inFlight.length >= BACKGROUND_WINDOW) await this.inFlight.shift();
+      while (this.inFlight.length >= (this.urgent ? PREEMPT_WINDOW : BACKGROUND_WINDOW)) await this.inFlight.shift();
       if (this.queue.length > 0) return true;
       b.dirty.clearRange(p, end);
       this.cursorBlock = bi;

@@ -60,6 +60,17 @@ export interface PostcopyReport {
   durationMs?: number;
   /** Destination: guest steps run during postcopy (the guest made progress while pages were missing). */
   guestProgress?: number;
+  /** The preempt channel, when it was used: what it carried. */
+  preempt?: PreemptReport;
+}
+
+export interface PreemptReport {
+  /** Page requests sent on it (destination) or received on it (source). */
+  requests: number;
+  /** Pages it carried (data and zero). */
+  pages: number;
+  /** Page payload bytes it carried. */
+  bytes: number;
 }
 
 export interface MigrationReport {

@@ -22,3 +22,15 @@ export function openPath(path: string, flags: number, mode = 0): number {
   if (fd < 0) throw new SyscallError('open', errno(), path);
   return fd;
 }
+
+const F_DUPFD_CLOEXEC = 1030;
+
+/**
+ * A new descriptor for the same open file as `fd` (fcntl F_DUPFD_CLOEXEC): lets another
+ * thread own a connection after this thread's handle on it is closed.
+ */
+export function dupFd(fd: number, object?: string): number {
+  const d = c.fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  if (d < 0) throw new SyscallError('fcntl(F_DUPFD_CLOEXEC)', errno(), object ?? `fd ${fd}`);
+  return d;
+}

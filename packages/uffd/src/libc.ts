@@ -21,6 +21,7 @@ export const c = {
   ioctlAddr: lib.func('int ioctl(int fd, unsigned long req, intptr_t arg)') as (fd: number, req: number, arg: number) => number,
   open: lib.func('int open(const char *path, int flags, int mode)') as (path: string, flags: number, mode: number) => number,
   close: lib.func('int close(int fd)') as (fd: number) => number,
+  fcntl: lib.func('int fcntl(int fd, int cmd, int arg)') as (fd: number, cmd: number, arg: number) => number,
   read: lib.func('intptr_t read(int fd, void *buf, size_t len)') as (fd: number, buf: Buffer, len: number) => number,
   readAddr: lib.func('intptr_t read(int fd, intptr_t buf, size_t len)') as (fd: number, addr: number, len: number) => number,
   pread: lib.func('intptr_t pread(int fd, void *buf, size_t len, int64_t off)') as (fd: number, buf: Buffer, len: number, off: number) => number,
