@@ -40,6 +40,7 @@ export async function main(argv: string[]): Promise<number> {
           .option('postcopy', { type: 'boolean', default: false, describe: 'enable postcopy: the destination runs the guest before all RAM has arrived' })
           .option('postcopy-after', { type: 'string', default: 'auto', describe: 'switch to postcopy after this many ms of precopy, or auto (when precopy stops converging)' })
           .option('postcopy-fallback', { choices: ['precopy', 'fail'] as const, default: 'precopy' as const, describe: 'when the destination cannot do postcopy' })
+          .option('preempt', { type: 'boolean', default: false, describe: 'postcopy: requested pages travel on their own connection, never behind the background stream' })
           .option('return-listen', { type: 'string', describe: 'after the guest left, wait for it to come back on HOST:PORT, then verify it' })
           .option('run-after', { type: 'number', default: 0, describe: 'with --return-listen: let the returned guest run this many ms before verifying' })
           .option('json', { type: 'boolean', default: false, describe: 'print the report as one JSON line' })
