@@ -30,11 +30,15 @@ const BACKGROUND_WINDOW = 2;
  * With a preempt channel, requests never wait behind the background stream, so it may run
  * like precopy: larger batches and more of them queued.
  */
-const PREEMPT_BATCH = Number(process.env.LIVEMIG_PB ?? 1024);
-const PREEMPT_WINDOW = Number(process.env.LIVEMIG_PW ?? 4);
-/** Prefetch window on the preempt channel, in pages: from this after a jump, doubling up to the max. */
-const PREFETCH_MIN = Number(process.env.LIVEMIG_PFMIN ?? 0);
-const PREFETCH_MAX = Number(process.env.LIVEMIG_PFMAX ?? 0);
+const PREEMPT_BATCH = 1024;
+const PREEMPT_WINDOW = 4;
+/**
+ * Prefetch window on the preempt channel, in pages: from 128 KiB after a jump, doubling up to
+ * 2 MiB. (Measured on the 1 GiB sweep: none 11 500 requests and 1.19 s blocktime; 32–512
+ * pages 7 000 and 0.87 s.)
+ */
+const PREFETCH_MIN = 32;
+const PREFETCH_MAX = 512;
 
 interface Request {
   block: number;
