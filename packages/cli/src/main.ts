@@ -6,6 +6,7 @@ import yargs from 'yargs';
 import { runSend } from './send.js';
 import { runRecv } from './recv.js';
 import { runCheck } from './check.js';
+import { runCerts } from './certs.js';
 
 /** A command-line mistake: usage and the message on stderr, exit 2. */
 class UsageError extends Error {
@@ -43,6 +44,7 @@ export async function main(argv: string[]): Promise<number> {
           .option('preempt', { type: 'boolean', default: false, describe: 'postcopy: requested pages travel on their own connection, never behind the background stream' })
           .option('return-listen', { type: 'string', describe: 'after the guest left, wait for it to come back on HOST:PORT, then verify it' })
           .option('run-after', { type: 'number', default: 0, describe: 'with --return-listen: let the returned guest run this many ms before verifying' })
+          .option('control', { type: 'string', describe: 'serve a QMP-style control socket (JSON lines) on this Unix socket path' })
           .option('json', { type: 'boolean', default: false, describe: 'print the report as one JSON line' })
           .option('progress', { type: 'boolean', default: false, describe: 'show progress on stderr even when it is not a terminal' }),
       async (a) => {
@@ -60,6 +62,7 @@ export async function main(argv: string[]): Promise<number> {
           .option('guest-port', { type: 'number', describe: 'port of the guest service (kv: HTTP)' })
           .option('refuse-feature', { type: 'string', describe: 'treat these host checks as failed when postcopy is advised (comma-separated, e.g. userfaultfd): for testing' })
           .option('then-send-to', { type: 'string', describe: 'after running, migrate the guest on to HOST:PORT' })
+          .option('control', { type: 'string', describe: 'serve a QMP-style control socket (JSON lines) on this Unix socket path' })
           .option('json', { type: 'boolean', default: false, describe: 'print the report as one JSON line' })
           .option('progress', { type: 'boolean', default: false, describe: 'show progress on stderr even when it is not a terminal' }),
       async (a) => {
@@ -74,7 +77,21 @@ export async function main(argv: string[]): Promise<number> {
         code = await runCheck(a);
       },
     )
-    .demandCommand(1, 'give a command: send, recv or check')
+    .command(
+      'certs',
+      "create a CA, a server and a client certificate for TLS channels (QEMU's x509 layout)",
+      (y) =>
+        y
+          .option('dir', { type: 'string', demandOption: true, describe: 'directory to write ca-cert.pem, server-cert.pem, server-key.pem, client-cert.pem, client-key.pem to' })
+          .option('hosts', { type: 'string', demandOption: true, describe: "the destination's DNS names and IPs, comma-separated (the server certificate's SANs)" })
+          .option('days', { type: 'number', default: 365, describe: 'validity in days' })
+          .option('cn', { type: 'string', default: 'livemig', describe: 'common-name prefix: the CA is <cn>-ca, the client <cn>-client' })
+          .option('force', { type: 'boolean', default: false, describe: 'overwrite existing files' }),
+      async (a) => {
+        code = await runCerts(a);
+      },
+    )
+    .demandCommand(1, 'give a command: send, recv, check or certs')
     .fail((msg, err) => {
       if (err) throw err;
       // Throwing stops yargs here: the command's handler must not run with bad flags.

@@ -11,6 +11,7 @@ import { ProgressLine } from './progress.js';
 import { printReport } from './report-output.js';
 import { parseSize } from './units.js';
 import { sendMachine } from './send.js';
+import { DestControl } from './control-commands.js';
 
 export interface RecvArgs {
   listen: string;
@@ -21,6 +22,8 @@ export interface RecvArgs {
   refuseFeature?: string;
   json: boolean;
   progress: boolean;
+  /** Unix socket path of the control socket (control.ts), served from before listening to the end. */
+  control?: string;
 }
 
 export interface ReceiveResult {
@@ -30,18 +33,22 @@ export interface ReceiveResult {
 }
 
 /** Receives one guest, runs it `runAfter` ms, verifies it. */
-export async function receiveOnce(a: { listen: string; maxRam?: string; guestPort?: number; runAfter: number; progress: boolean; refuseFeature?: string }): Promise<ReceiveResult> {
+export async function receiveOnce(a: { listen: string; maxRam?: string; guestPort?: number; runAfter: number; progress: boolean; refuseFeature?: string; ctl?: DestControl }): Promise<ReceiveResult> {
   const progress = new ProgressLine(a.progress);
   const inc = await IncomingMigration.listen({
     listen: a.listen,
     maxRam: a.maxRam !== undefined ? parseSize(a.maxRam, '--max-ram') : undefined,
     guestPort: a.guestPort,
     refuseFeatures: a.refuseFeature ? a.refuseFeature.split(',').map((x) => x.trim()).filter(Boolean) : undefined,
-    onProgress: (p) => progress.dest(p),
+    onProgress: (p) => {
+      progress.dest(p);
+      a.ctl?.progress(p);
+    },
   });
   process.stderr.write(`migrate recv: listening on ${formatEndpoint(inc.address)}\n`);
   const { report, machine } = await inc.accept();
   progress.end();
+  a.ctl?.finished(report.status);
   const out: MigrationReport = report;
   const m = machine as Machine | null;
   if (report.status !== 'completed' || !m) return { report: out, machine: null, ok: false };
@@ -51,9 +58,27 @@ export async function receiveOnce(a: { listen: string; maxRam?: string; guestPor
 }
 
 export async function runRecv(a: RecvArgs): Promise<number> {
+  let ctl: DestControl | undefined;
+  if (a.control !== undefined) {
+    try {
+      ctl = await DestControl.start(a.control);
+    } catch (e) {
+      process.stderr.write(`migrate recv: ${(e as Error).message}\n`);
+      return 1;
+    }
+    process.stderr.write(`migrate recv: control socket on ${a.control}\n`);
+  }
+  try {
+    return await receiveAndReport(a, ctl);
+  } finally {
+    await ctl?.close();
+  }
+}
+
+async function receiveAndReport(a: RecvArgs, ctl: DestControl | undefined): Promise<number> {
   let result: ReceiveResult;
   try {
-    result = await receiveOnce(a);
+    result = await receiveOnce({ ...a, ctl });
   } catch (e) {
     process.stderr.write(`migrate recv: ${(e as Error).message}\n`);
     return 1;

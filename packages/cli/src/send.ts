@@ -12,6 +12,7 @@ import { ProgressLine } from './progress.js';
 import { printReport } from './report-output.js';
 import { parseRate } from './units.js';
 import { receiveOnce } from './recv.js';
+import { SourceControl } from './control-commands.js';
 
 export interface SendArgs {
   to: string;
@@ -33,19 +34,32 @@ export interface SendArgs {
   runAfter: number;
   json: boolean;
   progress: boolean;
+  /** Unix socket path of the control socket (control.ts), served from before the migration to the end. */
+  control?: string;
 }
 
 export async function runSend(a: SendArgs): Promise<number> {
+  let ctl: SourceControl | undefined;
+  if (a.control !== undefined) {
+    try {
+      ctl = await SourceControl.start(a.control, { postcopy: a.postcopy });
+    } catch (e) {
+      process.stderr.write(`migrate send: ${(e as Error).message}\n`);
+      return 1;
+    }
+    process.stderr.write(`migrate send: control socket on ${a.control}\n`);
+  }
   let machine: Machine;
   try {
     machine = await startGuest(a);
   } catch (e) {
     process.stderr.write(`migrate send: cannot start the guest: ${(e as Error).message}\n`);
+    await ctl?.close();
     return 1;
   }
   try {
     await sleep(a.migrateAfter);
-    const report = await sendMachine(machine, a.to, a);
+    const report = await sendMachine(machine, a.to, { ...a, ctl });
     const out: MigrationReport = report;
     let ok = report.status === 'completed';
     if (!ok) {
@@ -62,6 +76,7 @@ export async function runSend(a: SendArgs): Promise<number> {
     return ok ? 0 : 1;
   } finally {
     await machine.destroy().catch(() => undefined);
+    await ctl?.close();
   }
 }
 
@@ -78,6 +93,8 @@ export async function sendMachine(
     postcopyAfter?: string;
     postcopyFallback?: 'precopy' | 'fail';
     preempt?: boolean;
+    /** The control socket: it gets the migration and its progress. */
+    ctl?: SourceControl;
   },
 ): Promise<MigrationReport> {
   const progress = new ProgressLine(a.progress);
@@ -95,13 +112,19 @@ export async function sendMachine(
     maxBandwidth: parseRate(a.maxBandwidth, '--max-bandwidth'),
     downtimeLimitMs: a.downtimeLimit,
     timeoutMs: a.timeout * 1000,
-    onProgress: (p) => progress.source(p),
+    onProgress: (p) => {
+      progress.source(p);
+      a.ctl?.progress(p);
+    },
   });
+  a.ctl?.attach(mig);
   const onSignal = (): void => mig.cancel('interrupted by signal');
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
   try {
-    return await mig.run();
+    const report = await mig.run();
+    a.ctl?.finished(report.status);
+    return report;
   } finally {
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);

@@ -8,6 +8,9 @@
  *   ADVISE → DISCARD                  source stopped; pages re-dirtied since sent are dropped
  *   ADVISE | DISCARD → LISTENING      userfaultfd fault handling armed
  *   LISTENING → RUNNING               the guest runs here; pages arrive on demand and in background
+ *   RUNNING → PAUSED                  postcopy recovery: a channel failed; the guest runs on, vCPUs
+ *                                     waiting for missing pages wait, faults are kept
+ *   PAUSED → RUNNING                  the source reconnected (RESUME): pages flow again
  *   RUNNING → END                     every page has arrived; fault handling stops
  *   END → COMPLETED
  *   SETUP | ADVISE → COMPLETING → COMPLETED   precopy finished without postcopy
@@ -20,6 +23,7 @@ export enum DestState {
   DISCARD = 'discard',
   LISTENING = 'listening',
   RUNNING = 'running',
+  PAUSED = 'paused',
   END = 'end',
   COMPLETING = 'completing',
   COMPLETED = 'completed',
@@ -32,7 +36,8 @@ const TRANSITIONS: Readonly<Record<DestState, readonly DestState[]>> = {
   [DestState.ADVISE]: [DestState.DISCARD, DestState.LISTENING, DestState.COMPLETING],
   [DestState.DISCARD]: [DestState.LISTENING],
   [DestState.LISTENING]: [DestState.RUNNING],
-  [DestState.RUNNING]: [DestState.END],
+  [DestState.RUNNING]: [DestState.END, DestState.PAUSED],
+  [DestState.PAUSED]: [DestState.RUNNING],
   [DestState.END]: [DestState.COMPLETED],
   [DestState.COMPLETING]: [DestState.COMPLETED],
   [DestState.COMPLETED]: [],
@@ -59,7 +64,7 @@ export class DestStateMachine {
 
   /** True once the guest may be running here with pages still missing (postcopy). */
   get postcopy(): boolean {
-    return this.state === DestState.LISTENING || this.state === DestState.RUNNING || this.state === DestState.END;
+    return this.state === DestState.LISTENING || this.state === DestState.RUNNING || this.state === DestState.PAUSED || this.state === DestState.END;
   }
 
   /** Whether the table allows `next` from the current state. */

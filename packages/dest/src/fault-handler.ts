@@ -19,6 +19,7 @@ import {
   type FaultWorkerData,
   type FaultWorkerMessage,
   type PreemptAttachMessage,
+  type PreemptDropMessage,
   type PreemptStats,
 } from './fault-messages.js';
 
@@ -129,6 +130,13 @@ export class FaultHandler {
       const msg: PreemptAttachMessage = { type: 'preempt', fd: dup, uuid, accept };
       this.worker.postMessage(msg);
     });
+  }
+
+  /** Postcopy recovery: the fault thread closes its preempt channel (a new one may be attached later). */
+  dropPreempt(): void {
+    this.preemptWait?.reject(new Error('the migration paused'));
+    this.preemptWait = null;
+    this.worker.postMessage({ type: 'preempt-drop' } satisfies PreemptDropMessage);
   }
 
   /** Stops the fault thread (through the eventfd) and waits for it to exit. */

@@ -48,8 +48,13 @@ export interface PreemptAttachMessage {
   type: 'preempt';
   fd: number;
   uuid: string;
-  /** Options for the handshake on the worker's side (`acceptChannel`): TLS credentials. */
+  /** Options for the handshake on the worker's side (`acceptChannel`: TLS credentials) and `keepaliveTimeoutMs`. */
   accept: Record<string, unknown>;
+}
+
+/** Main thread → fault thread: close the preempt channel (postcopy recovery pauses). */
+export interface PreemptDropMessage {
+  type: 'preempt-drop';
 }
 
 /** Fault thread → main thread. */

@@ -37,6 +37,7 @@ import {
   FAULT_OUTSIDE,
   type FaultWorkerData,
   type PreemptAttachMessage,
+  type PreemptDropMessage,
 } from './fault-messages.js';
 import { PreemptEndpoint } from './preempt-channel.js';
 
@@ -201,7 +202,11 @@ function runLoop(data: FaultWorkerData): void {
     parentPort!.postMessage({ type: 'stopped', preempt: preempt.stats });
     parentPort!.close();
   });
-  parentPort!.on('message', (m: PreemptAttachMessage) => {
+  parentPort!.on('message', (m: PreemptAttachMessage | PreemptDropMessage) => {
+    if (m.type === 'preempt-drop') {
+      preempt.close();
+      return;
+    }
     if (m.type !== 'preempt') return;
     preempt.attach(m.fd, m.uuid, m.accept).then(
       (label) => parentPort!.postMessage({ type: 'preempt-ready', label }),

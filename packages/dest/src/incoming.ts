@@ -34,9 +34,10 @@ import {
   round1,
   trace,
   WRITE_HIGH_WATER_MARK,
+  startKeepalive,
 } from '@livemig/transport';
 import { Userfaultfd, DEFAULT_FEATURES, adoptMapping, mapAnonymous, createMemfd, probeHost, type Mapping } from '@livemig/uffd';
-import { PAGE_PRESENT, PagePlacer, type PlacerBlock } from './page-placer.js';
+import { PAGE_PRESENT, PAGE_REQUESTED, PAGE_ZERO, PagePlacer, type PlacerBlock } from './page-placer.js';
 import { Blocktime, LatencyStats, nowUs } from './blocktime.js';
 import { FaultHandler } from './fault-handler.js';
 import { DestState, DestStateMachine } from './dest-state.js';
@@ -70,6 +71,13 @@ export interface IncomingOptions {
    * `userfaultfd`, `UFFDIO_COPY`): simulates a host that cannot do postcopy.
    */
   refuseFeatures?: string[];
+  /**
+   * Postcopy recovery: keep listening on this address after a channel fails in postcopy, so
+   * the source can reconnect by itself (default false: `recover()` opens a listener).
+   */
+  autoRecover?: boolean;
+  /** Keepalive of every channel: a link silent this long is dead (default 4000 ms). */
+  keepaliveTimeoutMs?: number;
   onProgress?: (p: IncomingProgress) => void;
 }
 
@@ -78,6 +86,10 @@ export interface IncomingProgress {
   receivedBytes: number;
   totalBytes: number;
   round: number;
+  /** Postcopy recovery: why the migration is paused (state `paused`). */
+  pausedReason?: string;
+  /** Recoveries completed so far. */
+  recoveries?: number;
 }
 
 export interface IncomingResult {
@@ -89,6 +101,7 @@ export interface IncomingResult {
 export class IncomingMigration {
   private readonly server: net.Server;
   private readonly opts: IncomingOptions;
+  private session: IncomingSession | null = null;
 
   private constructor(server: net.Server, opts: IncomingOptions) {
     this.server = server;
@@ -98,12 +111,7 @@ export class IncomingMigration {
   /** Starts listening. */
   static async listen(opts: IncomingOptions): Promise<IncomingMigration> {
     const ep = typeof opts.listen === 'string' ? parseEndpoint(opts.listen) : opts.listen;
-    const server = net.createServer({ pauseOnConnect: true, highWaterMark: WRITE_HIGH_WATER_MARK });
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', (e: NodeJS.ErrnoException) => reject(new Error(`listen on ${formatEndpoint(ep)} failed: ${e.code ?? e.message}`)));
-      server.listen(ep.port, ep.host, () => resolve());
-    });
-    return new IncomingMigration(server, opts);
+    return new IncomingMigration(await listenOn(ep), opts);
   }
 
   /** The address actually listened on. */
@@ -114,6 +122,29 @@ export class IncomingMigration {
 
   close(): void {
     this.server.close();
+  }
+
+  /** The migration's current state and figures (null before a source connected). */
+  status(): IncomingProgress | null {
+    return this.session?.status() ?? null;
+  }
+
+  /**
+   * Postcopy recovery, on purpose: drops every channel as if the link had failed. Both ends
+   * pause; the guest runs on here. Throws unless postcopy is running.
+   */
+  pause(reason = 'paused by request'): void {
+    if (!this.session) throw new Error('no migration is running');
+    this.session.pause(new Error(reason), true);
+  }
+
+  /**
+   * Postcopy recovery: listens on `listen` (`HOST:PORT`, port 0 picks one) for the source to
+   * reconnect; resolves with the address. Throws unless the migration is paused.
+   */
+  recover(listen: string | Endpoint): Promise<Endpoint> {
+    if (!this.session) return Promise.reject(new Error('no migration is running'));
+    return this.session.recover(listen);
   }
 
   /** Waits for one migration and runs it to its end; never throws: failures are in the report. */
@@ -129,20 +160,11 @@ export class IncomingMigration {
       });
     });
     if (!socket) return session.refuse(new Error('the listener was closed before a migration arrived'));
-    // Later connections belong to this migration (its preempt channel) or are turned away;
-    // the listener closes once the migration no longer expects any.
-    const onConnection = (s: net.Socket): void => {
-      if (!session.extraConnection(s)) s.destroy();
-      if (!session.expectsConnection) this.server.close();
-    };
-    this.server.on('connection', onConnection);
-    const result = session.run(socket);
-    session.onSettled(() => {
-      this.server.off('connection', onConnection);
-      this.server.close();
-    });
-    if (!session.expectsConnection) this.server.close();
-    return result;
+    this.session = session;
+    // Later connections belong to this migration (its preempt channel, a reconnecting source)
+    // or are turned away; the session closes the listener once it expects none.
+    session.adoptListener(this.server);
+    return session.run(socket);
   }
 }
 
@@ -190,6 +212,16 @@ class IncomingSession {
   private preemptSocket: net.Socket | null = null;
   private preemptReady: Promise<string> | null = null;
   private settledHooks: Array<() => void> = [];
+  /** Listeners whose connections belong to this migration: the first one, and recover()'s. */
+  private readonly listeners = new Map<string, net.Server>();
+  /** The listener the migration arrived on. */
+  private firstListener: net.Server | null = null;
+  /** Bytes read on channels that have been replaced (recovery). */
+  private readBefore = 0;
+  private pausedAt = 0;
+  private pausedReason: string | undefined;
+  private pausedMs = 0;
+  private recoveries = 0;
 
   constructor(opts: IncomingOptions) {
     this.opts = opts;
@@ -215,12 +247,22 @@ class IncomingSession {
     });
   }
 
-  /** Whether the migration still waits for a connection (its preempt channel). */
-  get expectsConnection(): boolean {
+  /** Whether the migration still waits for its preempt channel. */
+  private get expectsPreempt(): boolean {
     if (this.state.terminal) return false;
     // Until SETUP is read, a preempt channel may still be announced.
     if (this.state.current === DestState.NONE) return true;
     return this.preemptWanted && this.preemptSocket === null && this.preemptReady === null;
+  }
+
+  /**
+   * Whether the listener the migration arrived on is still needed: for the preempt channel,
+   * or (with autoRecover) for a source reconnecting after a failure in postcopy.
+   */
+  private get needsFirstListener(): boolean {
+    if (this.state.terminal) return false;
+    if (this.expectsPreempt) return true;
+    return (this.opts.autoRecover ?? false) && this.state.current !== DestState.SETUP && this.state.current !== DestState.COMPLETING && this.state.current !== DestState.END;
   }
 
   /** Runs `f` once the migration has ended (completed or failed). */
@@ -228,18 +270,191 @@ class IncomingSession {
     this.settledHooks.push(f);
   }
 
-  /** A further connection arrived on the listener: taken as the preempt channel, or refused (false). */
+  /** Routes the further connections of `server` (the one the migration arrived on) to this migration. */
+  adoptListener(server: net.Server): void {
+    this.firstListener = server;
+    this.addListener(server);
+    this.updateListeners();
+  }
+
+  private addListener(server: net.Server): void {
+    const a = server.address() as net.AddressInfo;
+    this.listeners.set(`${a.address}:${a.port}`, server);
+    server.on('connection', (s: net.Socket) => {
+      if (!this.extraConnection(s)) s.destroy();
+      this.updateListeners();
+    });
+  }
+
+  /** Closes the first listener once nothing more is expected on it, and every listener at the end. */
+  private updateListeners(): void {
+    for (const [key, server] of this.listeners) {
+      const keep = !this.state.terminal && (server !== this.firstListener || this.needsFirstListener || this.state.current === DestState.NONE);
+      if (!keep) {
+        server.close();
+        this.listeners.delete(key);
+      }
+    }
+  }
+
+  /** A further connection: the preempt channel, a source reconnecting in postcopy recovery, or refused (false). */
   extraConnection(socket: net.Socket): boolean {
-    if (!this.expectsConnection || this.state.current === DestState.NONE) return false;
+    if (this.state.terminal || this.state.current === DestState.NONE) return false;
     socket.on('error', () => undefined);
+    if (this.state.current === DestState.PAUSED && !this.ch) {
+      this.acceptResume(socket);
+      return true;
+    }
+    if (!this.expectsPreempt) return false;
     if (this.faults) this.attachPreempt(socket);
     else this.preemptSocket = socket; // handed over once ADVISE has started the fault thread
     return true;
   }
 
+  /** Current state and figures. */
+  status(): IncomingProgress {
+    return {
+      state: this.state.current,
+      receivedBytes: this.readBefore + (this.ch?.bytesRead ?? 0),
+      totalBytes: this.totalBytes,
+      round: this.round,
+      ...(this.state.current === DestState.PAUSED ? { pausedReason: this.pausedReason } : {}),
+      recoveries: this.recoveries,
+    };
+  }
+
+  /**
+   * Postcopy recovery: a channel failed (or `onPurpose`: migrate-pause) while the guest runs
+   * here. Every channel is dropped; the guest runs on, vCPUs that need a missing page wait,
+   * and the fault thread keeps marking their pages requested until the source is back.
+   */
+  pause(err: Error, onPurpose = false): void {
+    if (this.state.current !== DestState.RUNNING) {
+      if (onPurpose) throw new Error(`cannot pause in state ${this.state.current} (only while postcopy runs)`);
+      return;
+    }
+    this.state.to(DestState.PAUSED, 'pause');
+    this.pausedAt = performance.now();
+    this.pausedReason = err.message;
+    trace('dest', `paused: ${err.message}`);
+    const ch = this.ch;
+    this.ch = null;
+    if (ch) {
+      this.readBefore += ch.bytesRead;
+      ch.close(onPurpose ? err : undefined);
+    }
+    this.faults?.dropPreempt();
+    this.preemptReady = null;
+    this.preemptSocket?.destroy();
+    this.preemptSocket = null;
+    this.updateListeners();
+    this.progress();
+  }
+
+  /** Postcopy recovery: listen on `listen` for the source to reconnect. */
+  async recover(listen: string | Endpoint): Promise<Endpoint> {
+    if (this.state.current !== DestState.PAUSED) throw new Error(`cannot recover in state ${this.state.current} (only when paused)`);
+    const ep = typeof listen === 'string' ? parseEndpoint(listen) : listen;
+    for (const server of this.listeners.values()) {
+      const a = server.address() as net.AddressInfo;
+      if (ep.port !== 0 && a.port === ep.port) return { host: a.address, port: a.port };
+    }
+    const server = await listenOn(ep);
+    if (this.state.terminal) {
+      server.close();
+      throw new Error('the migration ended while the listener opened');
+    }
+    this.addListener(server);
+    const a = server.address() as net.AddressInfo;
+    trace('dest', `listening for recovery on ${a.address}:${a.port}`);
+    return { host: a.address, port: a.port };
+  }
+
+  /** A connection while paused: the source reconnecting. Its hello must carry this migration's UUID. */
+  private acceptResume(socket: net.Socket): void {
+    const pending = acceptChannel(socket, { ...this.acceptOptions(), roles: ['main'], uuid: this.report.uuid });
+    // Only one reconnection at a time; a refused one leaves the migration paused.
+    this.resuming = true;
+    pending.then(
+      ({ channel }) => {
+        this.resuming = false;
+        if (this.state.current !== DestState.PAUSED || this.ch) {
+          channel.close(new Error('the migration is not paused any more'));
+          return;
+        }
+        trace('dest', 'source reconnected: waiting for RESUME');
+        this.useChannel(channel);
+      },
+      (err: Error) => {
+        this.resuming = false;
+        trace('dest', `reconnection refused: ${err.message}`);
+      },
+    );
+  }
+  private resuming = false;
+
+  /** Makes `channel` the main channel: frames, loss handling, keepalive. */
+  private useChannel(channel: Channel): void {
+    this.ch = channel;
+    channel.setHandler((f) => this.onFrame(f));
+    void channel.whenClosed().then((err) => this.onChannelLost(channel, err ?? new Error('connection to the source closed')));
+    startKeepalive(channel, { timeoutMs: this.opts.keepaliveTimeoutMs });
+  }
+
+  /**
+   * A channel closed. While postcopy runs that pauses the migration (recovery); a failed
+   * reconnection leaves it paused; before postcopy it fails the migration.
+   */
+  private onChannelLost(channel: Channel | null, err: Error): void {
+    if (channel !== null && channel !== this.ch) return; // a channel already replaced
+    const st = this.state.current;
+    if (this.state.terminal || st === DestState.COMPLETED) return;
+    if (st === DestState.RUNNING) this.pause(err);
+    else if (st === DestState.PAUSED) {
+      if (channel) this.readBefore += channel.bytesRead;
+      this.ch = null; // the reconnection failed: still paused
+      trace('dest', `recovery attempt failed: ${err.message}`);
+    } else void this.fail(err);
+  }
+
+  /** RESUME from the reconnected source: say what arrived, ask again for what is pending, run on. */
+  private resume(): void {
+    const ch = this.ch!;
+    const placer = this.placer!.placer;
+    for (const b of placer.blocks.values()) {
+      const bitmap = Buffer.alloc(Math.ceil(b.pages / 8));
+      const st = b.state;
+      for (let p = 0; p < b.pages; p++) {
+        const v = st[p];
+        if (v === PAGE_PRESENT || v === PAGE_ZERO) bitmap[p >> 3]! |= 1 << (p & 7);
+      }
+      ch.send({ type: MsgType.RECV_BITMAP, block: b.name, pages: b.pages }, bitmap);
+    }
+    ch.send({ type: MsgType.RESUME_ACK });
+    this.state.to(DestState.RUNNING, 'RESUME');
+    this.recoveries++;
+    this.pausedMs += performance.now() - this.pausedAt;
+    this.pausedReason = undefined;
+    this.lastData = performance.now();
+    // Faults that came while paused (and requests lost with the old channels) are asked again.
+    let again = 0;
+    for (const b of placer.blocks.values()) {
+      const st = b.state;
+      for (let p = 0; p < b.pages; p++) {
+        if (Atomics.load(st, p) === PAGE_REQUESTED) {
+          ch.send({ type: MsgType.REQ_PAGES, block: b.name, offset: p * b.pageSize, length: b.pageSize });
+          again++;
+        }
+      }
+    }
+    trace('dest', `resumed; ${again} pending requests sent again`);
+    this.updateListeners();
+    this.progress();
+  }
+
   private attachPreempt(socket: net.Socket): void {
     this.preemptSocket = null;
-    this.preemptReady = this.faults!.attachPreempt(socket, this.report.uuid, this.acceptOptions());
+    this.preemptReady = this.faults!.attachPreempt(socket, this.report.uuid, { ...this.acceptOptions(), keepaliveTimeoutMs: this.opts.keepaliveTimeoutMs });
     this.preemptReady.then(
       (label) => trace('dest', `${label} ready`),
       () => undefined, // surfaced at LISTEN
@@ -254,20 +469,16 @@ class IncomingSession {
   run(socket: net.Socket): Promise<IncomingResult> {
     return new Promise<IncomingResult>((resolve) => {
       this.done = (r) => {
+        for (const server of this.listeners.values()) server.close();
+        this.listeners.clear();
         resolve(r);
         for (const f of this.settledHooks.splice(0)) f();
       };
       this.t0 = performance.now();
       acceptChannel(socket, { ...this.acceptOptions(), roles: ['main'] }).then(
         ({ channel, hello }) => {
-          this.ch = channel;
           this.report.uuid = hello.uuid;
-          channel.setHandler((f) => this.onFrame(f));
-          void channel.whenClosed().then((err) => {
-            if (this.state.current !== DestState.COMPLETED) {
-              void this.fail(err ?? new Error('connection to the source closed'));
-            }
-          });
+          this.useChannel(channel);
           this.watchIdle();
         },
         (err: Error) => void this.fail(err),
@@ -280,6 +491,10 @@ class IncomingSession {
     const timer = setInterval(() => {
       if (this.state.terminal) {
         clearInterval(timer);
+        return;
+      }
+      if (this.state.current === DestState.PAUSED) {
+        this.lastData = performance.now(); // recovery waits as long as it takes
         return;
       }
       if (this.ch && this.ch.bytesRead !== this.lastRead) {
@@ -363,7 +578,12 @@ class IncomingSession {
         return this.runGuest();
       case MsgType.END:
         this.state.to(DestState.END, 'END');
+        this.updateListeners();
         return this.end();
+      case MsgType.RESUME:
+        this.state.expect([DestState.PAUSED], 'RESUME');
+        this.resume();
+        return;
       case MsgType.PING:
         this.ch!.send({ type: MsgType.PONG, id: m.id });
         return;
@@ -401,9 +621,7 @@ class IncomingSession {
         request: (bi, page, tid, t, sent) => this.onFault(bi, page, tid, t, true, sent),
         duplicate: (bi, page, tid, t) => this.onFault(bi, page, tid, t, false, false),
         placed: (bi, page, t) => this.onRequestedPlaced(this.blockAt(bi), page, t),
-        preemptClosed: (err) => {
-          if (this.state.current !== DestState.END && !this.state.terminal) void this.fail(err);
-        },
+        preemptClosed: (err) => this.onChannelLost(null, new Error(`preempt channel: ${err.message}`)),
         localZero: (bi, page, tid, t, done) => {
           this.zeroFaults++;
           const b = this.blockAt(bi);
@@ -454,11 +672,12 @@ class IncomingSession {
       return;
     }
     if (!isNew) return;
-    if (!this.ch || this.ch.closed) return; // failing: fail() releases the waiting threads
+    if (this.state.terminal) return; // failing: fail() releases the waiting threads
     this.requests++;
     this.requestedAt.set(key, t);
-    // With preempt the fault thread has already asked on the preempt channel.
-    if (!sent) this.ch.send({ type: MsgType.REQ_PAGES, block: b.name, offset: page * b.pageSize, length: b.pageSize });
+    // With preempt the fault thread has already asked on the preempt channel. While paused
+    // the page stays requested and is asked for again on RESUME.
+    if (!sent && this.ch && !this.ch.closed) this.ch.send({ type: MsgType.REQ_PAGES, block: b.name, offset: page * b.pageSize, length: b.pageSize });
   }
 
   /** A requested page was placed (here, or by the preempt channel at `t`). */
@@ -569,6 +788,8 @@ class IncomingSession {
       guestProgress: sum(machine.progress?.() ?? []) - this.progressAtRun,
       ...(preempt ? { preempt: { requests: preempt.requests, pages: preempt.pages, bytes: preempt.bytes } } : {}),
     };
+    r.recoveries = this.recoveries;
+    r.pausedMs = round1(this.pausedMs);
     r.discard = { ranges: this.discardRanges, commands: this.discardCommands, pages: this.discardPages, maxRangesPerCommand: this.discardMaxRanges };
     this.ch!.send({ type: MsgType.SHUT, status: 'ok' });
     await this.ch!.flushed().catch(() => undefined);
@@ -583,12 +804,7 @@ class IncomingSession {
   }
 
   private progress(): void {
-    this.opts.onProgress?.({
-      state: this.state.current,
-      receivedBytes: this.ch?.bytesRead ?? 0,
-      totalBytes: this.totalBytes,
-      round: this.round,
-    });
+    this.opts.onProgress?.(this.status());
   }
 
   /** Checks the source's description and creates the guest's RAM; answers ACK or refuses. */
@@ -707,7 +923,7 @@ class IncomingSession {
     r.ram.pagesNormal = s.pagesNormal;
     r.ram.pagesZero = s.pagesZero;
     r.ram.precopyBytes = s.dataBytes;
-    r.ram.transferredBytes = this.ch!.bytesRead;
+    r.ram.transferredBytes = this.readBefore + this.ch!.bytesRead;
     r.ram.mbps = mbps(r.ram.transferredBytes, r.totalTimeMs);
     r.peakRssBytes = process.resourceUsage().maxRSS * 1024;
     void startedAt;
@@ -742,10 +958,20 @@ class IncomingSession {
     r.status = 'failed';
     r.error = err.message;
     r.totalTimeMs = round1(performance.now() - this.t0);
-    r.ram.transferredBytes = this.ch?.bytesRead ?? 0;
+    r.ram.transferredBytes = this.readBefore + (this.ch?.bytesRead ?? 0);
     r.peakRssBytes = process.resourceUsage().maxRSS * 1024;
     this.done({ report: r, machine: null });
   }
+}
+
+/** A listener on `ep` whose connections start paused (nothing read until a handshake takes them). */
+async function listenOn(ep: Endpoint): Promise<net.Server> {
+  const server = net.createServer({ pauseOnConnect: true, highWaterMark: WRITE_HIGH_WATER_MARK });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', (e: NodeJS.ErrnoException) => reject(new Error(`listen on ${formatEndpoint(ep)} failed: ${e.code ?? e.message}`)));
+    server.listen(ep.port, ep.host, () => resolve());
+  });
+  return server;
 }
 
 /** The placer plus a name lookup that throws a clear error. */

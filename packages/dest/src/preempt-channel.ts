@@ -14,7 +14,7 @@
  */
 import net from 'node:net';
 import { BlockTable, MsgType, forEachPageRun, type Frame } from '@livemig/protocol';
-import { acceptChannel, type AcceptOptions, type Channel } from '@livemig/transport';
+import { acceptChannel, startKeepalive, type AcceptOptions, type Channel } from '@livemig/transport';
 import { bufferAddress, type Userfaultfd } from '@livemig/uffd';
 import { copyPages, mapZeroPages } from './page-placer.js';
 import type { PreemptStats } from './fault-messages.js';
@@ -69,14 +69,19 @@ export class PreemptEndpoint {
    * Takes over the preempt connection whose descriptor is `fd` (a duplicate owned by this
    * thread), runs the handshake and starts reading. Resolves with the channel's label.
    */
-  async attach(fd: number, uuid: string, accept: Omit<AcceptOptions, 'roles' | 'uuid'>): Promise<string> {
+  async attach(fd: number, uuid: string, accept: Omit<AcceptOptions, 'roles' | 'uuid'> & { keepaliveTimeoutMs?: number }): Promise<string> {
     const socket = new net.Socket({ fd, readable: true, writable: true });
-    const { channel } = await acceptChannel(socket, { ...accept, roles: ['preempt'], uuid });
+    const { keepaliveTimeoutMs, ...opts } = accept;
+    const { channel } = await acceptChannel(socket, { ...opts, roles: ['preempt'], uuid });
+    // A channel dropped before (postcopy recovery) is replaced.
+    this.ch?.close();
     this.ch = channel;
+    this.closing = false;
     channel.setHandler((f) => this.onFrame(f));
     void channel.whenClosed().then((err) => {
-      if (!this.closing) this.events.closed(err ?? new Error(`${channel.info.label}: closed`));
+      if (!this.closing && this.ch === channel) this.events.closed(err ?? new Error(`${channel.info.label}: closed`));
     });
+    startKeepalive(channel, { timeoutMs: keepaliveTimeoutMs });
     return channel.info.label;
   }
 

@@ -23,6 +23,7 @@ const PATHS: Record<DestState, DestState[]> = {
   [S.DISCARD]: [S.SETUP, S.ADVISE, S.DISCARD],
   [S.LISTENING]: [S.SETUP, S.ADVISE, S.DISCARD, S.LISTENING],
   [S.RUNNING]: [S.SETUP, S.ADVISE, S.DISCARD, S.LISTENING, S.RUNNING],
+  [S.PAUSED]: [S.SETUP, S.ADVISE, S.DISCARD, S.LISTENING, S.RUNNING, S.PAUSED],
   [S.END]: [S.SETUP, S.ADVISE, S.DISCARD, S.LISTENING, S.RUNNING, S.END],
   [S.COMPLETING]: [S.SETUP, S.COMPLETING],
   [S.COMPLETED]: [S.SETUP, S.COMPLETING, S.COMPLETED],
@@ -81,10 +82,10 @@ describe('DestStateMachine', () => {
     expect(m.current).to.equal(S.COMPLETED);
   });
 
-  it('is "postcopy" exactly in LISTENING, RUNNING and END', () => {
+  it('is "postcopy" exactly in LISTENING, RUNNING, PAUSED and END', () => {
     for (const s of Object.values(S)) {
       const m = s === S.FAILED ? (() => { const x = new DestStateMachine(); x.fail(); return x; })() : at(PATHS[s]);
-      expect(m.postcopy, s).to.equal(s === S.LISTENING || s === S.RUNNING || s === S.END);
+      expect(m.postcopy, s).to.equal(s === S.LISTENING || s === S.RUNNING || s === S.PAUSED || s === S.END);
     }
   });
 
@@ -122,6 +123,17 @@ describe('DestStateMachine', () => {
     }
   });
 
+  it('pauses postcopy on a failed channel and runs again on RESUME, and refuses END while paused', () => {
+    const m = at(PATHS[S.RUNNING]);
+    m.to(S.PAUSED, 'pause');
+    expect(m.postcopy).to.equal(true);
+    expect(refused(m, S.END, 'END').message).to.contain('END refused in state paused');
+    m.to(S.RUNNING, 'RESUME');
+    m.to(S.PAUSED, 'pause');
+    m.to(S.RUNNING, 'RESUME');
+    m.to(S.END, 'END');
+  });
+
   it('allows exactly the moves of the transition table, from every state', () => {
     const legal: Record<DestState, DestState[]> = {
       [S.NONE]: [S.SETUP],
@@ -129,7 +141,8 @@ describe('DestStateMachine', () => {
       [S.ADVISE]: [S.DISCARD, S.LISTENING, S.COMPLETING],
       [S.DISCARD]: [S.LISTENING],
       [S.LISTENING]: [S.RUNNING],
-      [S.RUNNING]: [S.END],
+      [S.RUNNING]: [S.END, S.PAUSED],
+      [S.PAUSED]: [S.RUNNING],
       [S.END]: [S.COMPLETED],
       [S.COMPLETING]: [S.COMPLETED],
       [S.COMPLETED]: [],

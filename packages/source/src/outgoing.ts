@@ -11,10 +11,13 @@
  * guest running (vCPUs are resumed if it came during the switchover), its RAM untouched, and
  * the report says why. After RUN the guest lives on the destination and is never resumed here.
  */
+import { setTimeout as sleep } from 'node:timers/promises';
 import { pack } from 'msgpackr';
-import { BlockTable, DiscardBatcher, MsgType, msgTypeName, newMigrationId, type Frame, type Message } from '@livemig/protocol';
+import { BlockTable, DiscardBatcher, MsgType, msgTypeName, newMigrationId, payloadToBuffer, type Frame, type Message } from '@livemig/protocol';
 import {
+  ChannelClosedError,
   connectChannel,
+  startKeepalive,
   emptyRamReport,
   mbps,
   parseEndpoint,
@@ -62,11 +65,21 @@ export interface OutgoingOptions {
    * up fails the migration before switchover (the guest runs on here).
    */
   preempt?: boolean;
+  /**
+   * Postcopy recovery: after a channel fails in postcopy, reconnect by itself, with backoff,
+   * for `autoRecoverMs` (default false: wait for `resume()`). Either way the migration pauses
+   * instead of failing, and nothing is lost as long as both processes live.
+   */
+  autoRecover?: boolean;
+  /** How long automatic recovery keeps trying before it waits for `resume()` (default 60 000 ms). */
+  autoRecoverMs?: number;
+  /** Keepalive of every channel: a link silent this long is dead (default 4000 ms). */
+  keepaliveTimeoutMs?: number;
   /** Called after every round and phase change. */
   onProgress?: (p: Progress) => void;
 }
 
-export type Phase = 'setup' | 'precopy' | 'stop-and-copy' | 'postcopy' | 'completed' | 'failed' | 'cancelled';
+export type Phase = 'setup' | 'precopy' | 'stop-and-copy' | 'postcopy' | 'postcopy-paused' | 'completed' | 'failed' | 'cancelled';
 
 export interface Progress {
   phase: Phase;
@@ -79,6 +92,18 @@ export interface Progress {
   bandwidth: number;
   /** Bytes dirtied per second during the last round. */
   dirtyRate: number;
+  /** Postcopy recovery: why the migration is paused (phase `postcopy-paused`). */
+  pausedReason?: string;
+  /** Recoveries completed so far. */
+  recoveries?: number;
+}
+
+/** The link failed in postcopy: the migration waits for a recovery. */
+export class PausedError extends Error {
+  constructor(why: string) {
+    super(why);
+    this.name = 'PausedError';
+  }
 }
 
 /** A block as the source migrates it. */
@@ -103,7 +128,7 @@ export class CancelledError extends Error {
 export class OutgoingMigration {
   readonly uuid: string;
   private readonly machine: SourceMachine;
-  private readonly endpoint: Endpoint;
+  private endpoint: Endpoint;
   private readonly limiter: RateLimiter;
   private downtimeLimitMs: number;
   private readonly opts: OutgoingOptions;
@@ -124,6 +149,17 @@ export class OutgoingMigration {
   private urgent: Channel | null = null;
   /** END was sent: the preempt channel may close now. */
   private ending = false;
+  /** Postcopy recovery: set while paused. */
+  private paused: { at: number; reason: string } | null = null;
+  private resuming = false;
+  private resumeWaiters: Array<() => void> = [];
+  private pausedMs = 0;
+  private recoveries = 0;
+  /** Bytes written on channels that have been replaced (recovery). */
+  private writtenBefore = 0;
+  /** RECV_BITMAP payloads received during a recovery handshake, by block. */
+  private bitmaps = new Map<string, Buffer>();
+  private sender: PageSender | null = null;
 
   constructor(machine: SourceMachine, opts: OutgoingOptions) {
     this.machine = machine;
@@ -138,7 +174,12 @@ export class OutgoingMigration {
 
   /** Current phase and figures. */
   status(): Progress {
-    return { ...this.progress, phase: this.phase };
+    return {
+      ...this.progress,
+      phase: this.phase,
+      ...(this.paused ? { pausedReason: this.paused.reason } : {}),
+      recoveries: this.recoveries,
+    };
   }
 
   setMaxBandwidth(bytesPerSecond: number): void {
@@ -218,16 +259,13 @@ export class OutgoingMigration {
     let precopyBytes = 0;
     try {
       // --- setup: connect, describe the guest, wait for the destination to accept.
-      const connecting = connectChannel({ endpoint: this.endpoint, role: 'main', uuid: this.uuid });
+      const connecting = connectChannel({ ...this.channelOptions(), endpoint: this.endpoint, role: 'main', uuid: this.uuid });
       // A channel that connects after an abort (cancel, timeout) is closed, not left open.
       connecting.then((c) => this.abortError && c.close(), () => undefined);
       const ch = await this.race(connecting);
       this.ch = ch;
       trace('source', 'connected');
-      ch.setHandler((f) => this.onReturnFrame(f));
-      void ch.whenClosed().then((err) => {
-        if (this.phase !== 'completed') this.abort(err ?? new Error('channel to the destination closed'));
-      });
+      this.useMainChannel(ch);
       const setup = {
         type: MsgType.SETUP,
         guest: {
@@ -284,6 +322,7 @@ export class OutgoingMigration {
       report.setupTimeMs = round1(performance.now() - t0);
 
       sender = new PageSender(ch, this.limiter);
+      this.sender = sender;
       await this.sendUnused(blocks);
 
       // --- precopy rounds
@@ -321,7 +360,7 @@ export class OutgoingMigration {
         this.progress.bandwidth = r.bandwidth;
         this.progress.dirtyRate = r.dirtyRate;
         this.progress.remainingBytes = remaining.bytes;
-        this.progress.transferredBytes = ch.bytesWritten;
+        this.progress.transferredBytes = this.writtenBefore + ch.bytesWritten;
         this.opts.onProgress?.(this.status());
         // Precopy completes once the rest would take no longer than the downtime limit at
         // the measured bandwidth (the best round's rate is the best estimate we have).
@@ -395,7 +434,7 @@ export class OutgoingMigration {
         this.send({ type: MsgType.DEVICE }, pack(this.machine.saveDevice()));
         this.send({ type: MsgType.LISTEN });
         trace('source', 'device state and LISTEN sent');
-        this.server = new PostcopyServer(ch, sender, blocks, this.urgent);
+        this.server = new PostcopyServer(ch, sender, blocks, this.urgent, (e) => this.onLinkLost(null, e));
         this.limiter.setLimit(0); // postcopy runs at full speed: the guest waits for these pages
         this.send({ type: MsgType.RUN });
         this.pointOfNoReturn = true; // from RUN on, the guest lives on the destination
@@ -406,14 +445,27 @@ export class OutgoingMigration {
         dirty = null;
         this.setPhase('postcopy');
         const postStart = performance.now();
-        await this.race(this.server.run());
-        trace('source', 'every page sent');
-        // Urgent pages travel on their own connection: END (on the main one) must not overtake
-        // them. The destination answers this PING after placing everything sent before it.
-        if (this.urgent) await this.roundTrip(this.urgent);
-        this.ending = true; // the destination closes the preempt channel when it ends
-        this.send({ type: MsgType.END });
-        const shut = await this.expect(MsgType.SHUT);
+        let shut: Frame;
+        for (;;) {
+          try {
+            await this.race(this.server.run());
+            trace('source', 'every page sent');
+            // Urgent pages travel on their own connection: END (on the main one) must not
+            // overtake them. The destination answers this PING after placing everything sent
+            // before it.
+            if (this.urgent) await this.roundTrip(this.urgent);
+            this.ending = true; // the destination closes the preempt channel when it ends
+            this.send({ type: MsgType.END });
+            shut = await this.expect(MsgType.SHUT);
+            break;
+          } catch (e) {
+            // A link failure pauses postcopy: wait for the recovery, then carry on.
+            if (this.abortError || !(this.paused || isLinkError(e))) throw e;
+            if (!this.paused) this.onLinkLost(null, e as Error);
+            this.ending = false;
+            await this.race(this.whenResumed());
+          }
+        }
         if (shut.msg.type !== MsgType.SHUT || shut.msg.status !== 'ok') {
           throw new Error(`destination failed to finish postcopy: ${(shut.msg as { reason?: string }).reason ?? 'no reason given'}`);
         }
@@ -424,6 +476,8 @@ export class OutgoingMigration {
           ...(this.urgent ? { preempt: { requests: st.urgentRequests, pages: st.urgentPages, bytes: st.urgentBytes } } : {}),
         };
         report.ram.postcopyBytes = sender.stats.dataBytes - precopyBytes;
+        report.recoveries = this.recoveries;
+        report.pausedMs = round1(this.pausedMs);
       }
       // Tracking ends off the critical path: the guest is stopped, nothing writes any more.
       dirty?.stop();
@@ -460,7 +514,7 @@ export class OutgoingMigration {
       report.ram.pagesZero = sender.stats.pagesZero;
       report.ram.precopyBytes = report.mode === 'postcopy' ? precopyBytes : sender.stats.dataBytes;
     }
-    report.ram.transferredBytes = this.ch?.bytesWritten ?? 0;
+    report.ram.transferredBytes = this.writtenBefore + (this.ch?.bytesWritten ?? 0);
     report.ram.mbps = mbps(report.ram.transferredBytes, report.totalTimeMs);
     return report;
   }
@@ -544,8 +598,8 @@ export class OutgoingMigration {
    * Dials the preempt channel (same migration UUID). The destination's fault thread takes it
    * over; requests arrive on it and their pages leave on it.
    */
-  private async connectPreempt(): Promise<void> {
-    const connecting = connectChannel({ endpoint: this.endpoint, role: 'preempt', uuid: this.uuid });
+  private async connectPreempt(endpoint = this.endpoint): Promise<Channel> {
+    const connecting = connectChannel({ ...this.channelOptions(), endpoint, role: 'preempt', uuid: this.uuid });
     connecting.then((c) => this.abortError && c.close(), () => undefined);
     let urgent: Channel;
     try {
@@ -557,8 +611,150 @@ export class OutgoingMigration {
     trace('source', 'preempt channel connected');
     urgent.setHandler((f) => this.onReturnFrame(f, true));
     void urgent.whenClosed().then((err) => {
-      if (this.phase !== 'completed' && !this.ending) this.abort(new Error(`preempt channel: ${err?.message ?? 'closed by the destination'}`));
+      if (this.phase !== 'completed' && !this.ending) this.onLinkLost(urgent, new Error(`preempt channel: ${err?.message ?? 'closed by the destination'}`));
     });
+    startKeepalive(urgent, { timeoutMs: this.opts.keepaliveTimeoutMs });
+    return urgent;
+  }
+
+  /** Options common to every channel this migration dials (TLS). */
+  private channelOptions(): Record<string, never> {
+    return {};
+  }
+
+  /** Makes `ch` the main channel: return-path frames, loss handling, keepalive. */
+  private useMainChannel(ch: Channel): void {
+    ch.setHandler((f) => this.onReturnFrame(f));
+    void ch.whenClosed().then((err) => {
+      if (this.phase !== 'completed') this.onLinkLost(ch, err ?? new Error('channel to the destination closed'));
+    });
+    startKeepalive(ch, { timeoutMs: this.opts.keepaliveTimeoutMs });
+  }
+
+  /**
+   * A channel failed (`ch` null: a send or a wait on one failed). In postcopy, once the guest
+   * runs on the destination, that pauses the migration (recovery); before, it fails it and
+   * the guest runs on here.
+   */
+  private onLinkLost(ch: Channel | null, err: Error): void {
+    if (ch !== null && ch !== this.ch && ch !== this.urgent) return; // replaced already
+    if (this.abortError || this.phase === 'completed') return;
+    if (this.phase === 'postcopy' || this.phase === 'postcopy-paused') {
+      if (this.resuming && ch !== null) {
+        // The recovery handshake itself broke: it fails, and the migration stays paused.
+        for (const w of this.waiters.values()) w.reject(new PausedError(err.message));
+        this.waiters.clear();
+        return;
+      }
+      this.pauseLink(err);
+      return;
+    }
+    this.abort(err);
+  }
+
+  /** Postcopy recovery: drop every channel and wait; the guest runs on the destination. */
+  private pauseLink(err: Error, onPurpose = false): void {
+    if (this.paused) return;
+    this.paused = { at: performance.now(), reason: err.message };
+    trace('source', `paused: ${err.message}`);
+    for (const c of [this.ch, this.urgent]) {
+      if (!c) continue;
+      if (c === this.ch) this.writtenBefore += c.bytesWritten;
+      c.close(onPurpose ? err : undefined);
+    }
+    this.urgent = null;
+    this.server?.pause();
+    const why = new PausedError(err.message);
+    for (const w of this.waiters.values()) w.reject(why);
+    this.waiters.clear();
+    for (const w of this.pongWaiters.values()) w.reject(why);
+    this.pongWaiters.clear();
+    this.setPhase('postcopy-paused');
+    if (this.opts.autoRecover) void this.autoRecover();
+  }
+
+  /** Resolves once the migration is no longer paused. */
+  private whenResumed(): Promise<void> {
+    if (!this.paused) return Promise.resolve();
+    return new Promise((resolve) => this.resumeWaiters.push(resolve));
+  }
+
+  /**
+   * Postcopy recovery on purpose (QEMU's migrate-pause): drops every channel as if the link
+   * had failed. Both ends pause; the guest runs on the destination. Throws unless postcopy runs.
+   */
+  pause(reason = 'paused by request'): void {
+    if (this.phase !== 'postcopy') throw new Error(`cannot pause in phase ${this.phase} (only while postcopy runs)`);
+    this.pauseLink(new Error(reason), true);
+  }
+
+  /**
+   * Postcopy recovery: reconnects to the destination (`to`, default the address used so far)
+   * with the same migration UUID, learns which pages it holds, marks every other page unsent,
+   * re-establishes the preempt channel, and carries on. A failure leaves the migration paused
+   * (and rejects with the reason).
+   */
+  async resume(to?: string | Endpoint): Promise<void> {
+    if (!this.paused) throw new Error(`cannot resume in phase ${this.phase} (only when paused)`);
+    if (this.resuming) throw new Error('a recovery is already in progress');
+    this.resuming = true;
+    const endpoint = to === undefined ? this.endpoint : typeof to === 'string' ? parseEndpoint(to) : to;
+    let ch: Channel | null = null;
+    try {
+      ch = await connectChannel({ ...this.channelOptions(), endpoint, role: 'main', uuid: this.uuid, timeoutMs: 5000 });
+      this.ch = ch;
+      this.useMainChannel(ch);
+      this.bitmaps.clear();
+      const ack = reply(this.waiters, MsgType.RESUME_ACK, 'RESUME', 10_000);
+      ch.send({ type: MsgType.RESUME });
+      await ack;
+      const blocks = this.server!.blocks;
+      let missing = 0;
+      for (const b of blocks) {
+        const bm = this.bitmaps.get(b.name);
+        if (!bm) throw new Error(`the destination sent no received-page bitmap for block "${b.name}"`);
+        missing += this.server!.markUnreceived(b, bm);
+      }
+      trace('source', `recovery: ${missing} pages not received, sending them again`);
+      const urgent = this.opts.preempt ? await this.connectPreempt(endpoint) : null;
+      this.sender!.rebind(ch);
+      this.server!.resume(ch, urgent);
+      this.endpoint = endpoint;
+      this.pausedMs += performance.now() - this.paused.at;
+      this.recoveries++;
+      this.paused = null;
+      this.setPhase('postcopy');
+      for (const w of this.resumeWaiters.splice(0)) w();
+    } catch (e) {
+      if (ch && this.ch === ch) {
+        this.writtenBefore += ch.bytesWritten;
+        ch.close();
+      }
+      this.urgent?.close();
+      this.urgent = null;
+      if (this.abortError) throw this.abortError;
+      throw new Error(`recovery failed: ${(e as Error).message}`);
+    } finally {
+      this.resuming = false;
+    }
+  }
+
+  /** With autoRecover: reconnect with backoff until it works or the time is up. */
+  private async autoRecover(): Promise<void> {
+    const deadline = performance.now() + (this.opts.autoRecoverMs ?? 60_000);
+    let delay = 100;
+    while (this.paused && !this.abortError && performance.now() < deadline) {
+      await sleep(delay);
+      if (!this.paused || this.abortError) return;
+      if (this.resuming) continue;
+      try {
+        await this.resume();
+        return;
+      } catch (e) {
+        trace('source', (e as Error).message);
+        delay = Math.min(delay * 2, 2000);
+      }
+    }
   }
 
   private readonly pongWaiters: Waiters = new Map();
@@ -592,7 +788,23 @@ export class OutgoingMigration {
         }
         return;
       }
+      case MsgType.RECV_BITMAP: {
+        const b = this.machine.blocks.find((x) => x.name === m.block);
+        if (!b) throw new Error(`received-page bitmap for unknown RAM block "${m.block}"`);
+        if (m.pages !== b.length / b.pageSize) throw new Error(`received-page bitmap for block "${m.block}" covers ${m.pages} pages, the block has ${b.length / b.pageSize}`);
+        this.bitmaps.set(m.block, Buffer.from(payloadToBuffer(f.payload)));
+        return;
+      }
+      case MsgType.RESUME_ACK:
+        answer(this.waiters, MsgType.RESUME_ACK, f);
+        return;
       case MsgType.ERROR:
+        if (this.resuming || this.paused) {
+          // The destination refused a recovery attempt: that attempt fails, the pause goes on.
+          for (const w of this.waiters.values()) w.reject(new Error(`destination refused: ${m.reason}`));
+          this.waiters.clear();
+          return;
+        }
         this.abort(new Error(`destination refused: ${m.reason}`));
         return;
       case MsgType.PING:
@@ -646,14 +858,19 @@ function populatedNow(mapping: Mapping, b: BlockState, swapped: boolean): PageBi
 /** Answers awaited from the destination, by message type (ACK, SHUT) or PING id. */
 type Waiters = Map<number, { resolve: (f: Frame) => void; reject: (e: Error) => void }>;
 
-/** A promise for the answer registered under `key`; it rejects after ACK_TIMEOUT_MS. */
-function reply(waiters: Waiters, key: number, what: string): Promise<Frame> {
+/** A promise for the answer registered under `key`; it rejects after `timeoutMs`. */
+function reply(waiters: Waiters, key: number, what: string, timeoutMs = ACK_TIMEOUT_MS): Promise<Frame> {
   return new Promise<Frame>((resolve, reject) => {
     waiters.set(key, { resolve, reject });
     setTimeout(() => {
-      if (waiters.delete(key)) reject(new Error(`destination did not answer ${what} within ${ACK_TIMEOUT_MS / 1000} s`));
-    }, ACK_TIMEOUT_MS).unref();
+      if (waiters.get(key)?.reject === reject && waiters.delete(key)) reject(new Error(`destination did not answer ${what} within ${timeoutMs / 1000} s`));
+    }, timeoutMs).unref();
   });
+}
+
+/** Whether `e` says a channel broke (rather than the destination refusing something). */
+function isLinkError(e: unknown): boolean {
+  return e instanceof ChannelClosedError || e instanceof PausedError;
 }
 
 /** Settles the wait registered under `key` with `f`; false when nobody waited. */

@@ -89,12 +89,18 @@ export class PageSender {
   }
 
   readonly stats: SendStats = { pagesNormal: 0, pagesZero: 0, dataBytes: 0 };
-  private readonly ch: Channel;
+  private ch: Channel;
   private readonly limiter: RateLimiter;
 
   constructor(ch: Channel, limiter: RateLimiter) {
     this.ch = ch;
     this.limiter = limiter;
+  }
+
+  /** Sends on `ch` from now on (postcopy recovery replaced the channel); the figures go on. */
+  rebind(ch: Channel): void {
+    this.ch = ch;
+    this.corkedBytes = 0;
   }
 
 

@@ -13,7 +13,7 @@
  * second.
  */
 import { MsgType } from '@livemig/protocol';
-import type { Channel } from '@livemig/transport';
+import { ChannelClosedError, type Channel } from '@livemig/transport';
 import { zeroPage, type PageSender } from './page-sender.js';
 import { PageBitmap } from './page-bitmap.js';
 import type { BlockState } from './outgoing.js';
@@ -48,10 +48,13 @@ interface Request {
 
 export class PostcopyServer {
   readonly stats = { requests: 0, requestedPages: 0, backgroundPages: 0, urgentRequests: 0, urgentPages: 0, urgentBytes: 0 };
-  private readonly ch: Channel;
-  private readonly urgent: Channel | null;
+  readonly blocks: BlockState[];
+  private ch: Channel;
+  private urgent: Channel | null;
   private readonly sender: PageSender;
-  private readonly blocks: BlockState[];
+  /** Postcopy recovery: set while paused; resolved by resume(). */
+  private pauseGate: { promise: Promise<void>; resolve: () => void } | null = null;
+  private readonly onLinkError: (e: Error) => void;
   private readonly byName = new Map<string, number>();
   private readonly queue: Request[] = [];
   private wake: (() => void) | null = null;
@@ -63,9 +66,14 @@ export class PostcopyServer {
   /** Per block: pages sent on the preempt channel. */
   private readonly urgentSent: PageBitmap[];
 
-  constructor(ch: Channel, sender: PageSender, blocks: BlockState[], urgent: Channel | null = null) {
+  /**
+   * `onLinkError` is told when sending fails because a channel broke; the migration then
+   * pauses (see `pause`), and the stream waits for `resume`.
+   */
+  constructor(ch: Channel, sender: PageSender, blocks: BlockState[], urgent: Channel | null = null, onLinkError: (e: Error) => void = () => undefined) {
     this.ch = ch;
     this.urgent = urgent;
+    this.onLinkError = onLinkError;
     this.urgentSent = urgent ? blocks.map((b) => new PageBitmap(b.pages)) : [];
     this.sender = sender;
     this.blocks = blocks;
@@ -83,7 +91,7 @@ export class PostcopyServer {
     const first = offset / ps;
     const end = (offset + length) / ps;
     this.stats.requests++;
-    if (this.urgent && !this.urgent.closed) {
+    if (this.urgent && !this.urgent.closed && !this.pauseGate) {
       if (onPreempt) this.stats.urgentRequests++;
       // A page already sent on the preempt channel is on its way there, ahead of anything
       // sent now: asking again only means the guest outran it.
@@ -157,7 +165,47 @@ export class PostcopyServer {
 
   abort(err: Error): void {
     this.aborted = err;
+    this.pauseGate?.resolve();
     this.wake?.();
+  }
+
+  /**
+   * Postcopy recovery: stop sending until `resume`. Queued requests are dropped (the
+   * destination asks again for every page it still waits for once reconnected).
+   */
+  pause(): void {
+    if (this.pauseGate) return;
+    let resolve!: () => void;
+    const promise = new Promise<void>((r) => (resolve = r));
+    this.pauseGate = { promise, resolve };
+    this.queue.length = 0;
+    this.inFlight.length = 0;
+    this.wake?.();
+  }
+
+  /** Carries on over the reconnected channels. */
+  resume(ch: Channel, urgent: Channel | null): void {
+    this.ch = ch;
+    this.urgent = urgent;
+    const gate = this.pauseGate;
+    this.pauseGate = null;
+    gate?.resolve();
+  }
+
+  /**
+   * Postcopy recovery: every page the destination has not received (`bitmap`, one bit a
+   * page, set = received) is to be sent again. Returns how many.
+   */
+  markUnreceived(b: BlockState, bitmap: Buffer): number {
+    const urgentSent = this.urgentSent[this.byName.get(b.name)!];
+    let n = 0;
+    for (let p = 0; p < b.pages; p++) {
+      if ((bitmap[p >> 3]! & (1 << (p & 7))) !== 0) continue;
+      n++;
+      if (!b.dirty.test(p)) b.dirty.setRange(p, p + 1);
+      if (urgentSent?.test(p)) urgentSent.clearRange(p, p + 1);
+    }
+    return n;
   }
 
   /** Pages still to send. */
@@ -171,15 +219,30 @@ export class PostcopyServer {
   async run(): Promise<void> {
     for (;;) {
       if (this.aborted) throw this.aborted;
-      const r = this.queue.shift();
-      if (r) {
-        const b = this.blocks[r.block]!;
-        this.stats.requestedPages += await this.sendNeeded(b, r.first, r.end);
-        this.cursorBlock = r.block;
-        this.cursor = r.end;
+      if (this.pauseGate) {
+        await this.pauseGate.promise;
         continue;
       }
-      if (!(await this.sendBackground())) return;
+      try {
+        const r = this.queue.shift();
+        if (r) {
+          const b = this.blocks[r.block]!;
+          this.stats.requestedPages += await this.sendNeeded(b, r.first, r.end);
+          this.cursorBlock = r.block;
+          this.cursor = r.end;
+          continue;
+        }
+        if (!(await this.sendBackground())) {
+          if (this.pauseGate) continue; // paused while the last batch left: it may be lost
+          return;
+        }
+      } catch (e) {
+        if (this.aborted) throw this.aborted;
+        if (!(e instanceof ChannelClosedError)) throw e;
+        // A channel broke: the migration pauses; pages lost with it are found missing on resume.
+        this.onLinkError(e);
+        this.pause();
+      }
     }
   }
 

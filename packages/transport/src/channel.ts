@@ -83,6 +83,11 @@ export class Channel {
     return this.isClosed;
   }
 
+  /** True while a handler's promise holds reading back (the peer is not to blame for silence). */
+  get readPaused(): boolean {
+    return this.paused;
+  }
+
   /** The error that closed the channel, if any. */
   get error(): Error | null {
     return this.closedError;

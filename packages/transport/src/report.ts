@@ -98,6 +98,10 @@ export interface MigrationReport {
   postcopy?: PostcopyReport;
   /** Postcopy discards: byte ranges dropped on the destination, the commands that carried them, the pages they covered. */
   discard?: { ranges: number; commands: number; pages: number; /** destination: most ranges seen in one command */ maxRangesPerCommand?: number };
+  /** Postcopy recovery: times the migration was paused by a failure and resumed. */
+  recoveries?: number;
+  /** Postcopy recovery: total time spent paused, ms. */
+  pausedMs?: number;
   /** Source: why postcopy was not used although asked for (the destination refused ADVISE). */
   postcopyRefused?: string;
   /** Source after a failed migration: whether the guest still runs there. */
