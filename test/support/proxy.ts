@@ -1,7 +1,8 @@
 /**
- * proxy.ts — test support: a TCP proxy between `migrate send` and `migrate recv` that can
- * inject faults: refuse chosen connections (closed at once, nothing forwarded) and cut every
- * live connection on demand.
+ * proxy.ts — test support: a TCP proxy between `migrate send` and `migrate recv` that injects
+ * faults: refuse chosen connections (closed at once, nothing forwarded), cut a chosen
+ * connection after some bytes (a broken handshake), cut every live connection on demand, or
+ * freeze them (stop forwarding without closing: a silent dead link).
  */
 import net from 'node:net';
 
@@ -10,6 +11,8 @@ export interface ProxyOptions {
   target: string;
   /** Decides per connection (0 = the first) whether it is forwarded; default: all are. */
   accept?: (index: number) => boolean;
+  /** Per connection: cut it after forwarding this many bytes from the dialler (undefined: never). */
+  cutAfter?: (index: number) => number | undefined;
 }
 
 export class FaultProxy {
@@ -42,7 +45,18 @@ export class FaultProxy {
       }
       client.on('close', () => upstream.destroy());
       upstream.on('close', () => client.destroy());
-      client.pipe(upstream);
+      const limit = opts.cutAfter?.(index);
+      if (limit === undefined) {
+        client.pipe(upstream);
+      } else {
+        let passed = 0;
+        client.on('data', (chunk: Buffer) => {
+          const room = limit - passed;
+          if (room > 0) upstream.write(chunk.subarray(0, room));
+          passed += chunk.length;
+          if (passed >= limit) setTimeout(() => (client.destroy(), upstream.destroy()), 20);
+        });
+      }
       upstream.pipe(client);
       client.resume();
     });
@@ -59,6 +73,18 @@ export class FaultProxy {
   /** Cuts every live connection (both directions, at once). */
   cut(): void {
     for (const s of this.live) s.destroy();
+  }
+
+  /**
+   * Stops forwarding on every live connection without closing anything, as a dead network
+   * path would: bytes in flight are dropped, neither end hears a reset.
+   */
+  freeze(): void {
+    for (const s of this.live) {
+      s.unpipe();
+      s.removeAllListeners('data');
+      s.on('data', () => undefined);
+    }
   }
 
   close(): void {

@@ -12,12 +12,13 @@
  *   precopy             active          discard, listening, completing device
  *   stop-and-copy       device          running, end                   postcopy-active
  *   postcopy            postcopy-active completed                      completed
+ *   postcopy-paused     postcopy-paused paused                         postcopy-paused
  *   completed           completed       failed                         failed
  *   failed              failed
  *   cancelled           cancelled
  * and `cancelling` on the source between an accepted migrate-cancel and the end.
  */
-import type { IncomingProgress } from '@livemig/dest';
+import type { IncomingMigration, IncomingProgress } from '@livemig/dest';
 import type { OutgoingMigration, Phase, Progress } from '@livemig/source';
 import { CommandError, ControlServer } from './control.js';
 
@@ -122,6 +123,8 @@ export class SourceControl extends MigrationControl {
       'migrate-set-parameters': (a) => this.setParameters(a),
       'migrate-start-postcopy': (a) => this.startPostcopy(a),
       'migrate-cancel': (a) => this.cancel(a),
+      'migrate-pause': (a) => this.pause(a),
+      'migrate-resume': (a) => this.resume(a),
     });
     this.postcopy = opts.postcopy;
   }
@@ -148,6 +151,8 @@ export class SourceControl extends MigrationControl {
 
   /** From the migration's onProgress: status changes and finished rounds become events. */
   progress(p: Progress): void {
+    if (p.phase === 'postcopy-paused' && this.status !== 'postcopy-paused') this.server.emit('MIGRATION_PAUSED', { reason: p.pausedReason ?? '' });
+    if (p.phase === 'postcopy' && this.status === 'postcopy-paused') this.server.emit('MIGRATION_RESUMED', { recoveries: p.recoveries ?? 0 });
     if (p.round > this.round && p.phase === 'precopy') {
       for (let n = this.round + 1; n <= p.round; n++) this.server.emit('MIGRATION_PASS', { pass: n });
     }
@@ -181,6 +186,8 @@ export class SourceControl extends MigrationControl {
       },
       bandwidth: p.bandwidth,
       'dirty-rate': p.dirtyRate,
+      recoveries: p.recoveries ?? 0,
+      ...(p.pausedReason !== undefined ? { 'paused-reason': p.pausedReason } : {}),
     };
   }
 
@@ -217,6 +224,27 @@ export class SourceControl extends MigrationControl {
     return {};
   }
 
+  /** Postcopy recovery on purpose: drop every channel; both ends pause. */
+  private pause(args: Record<string, unknown>): Record<string, unknown> {
+    onlyKeys(args, []);
+    if (!this.mig) throw new CommandError('the migration has not started');
+    this.mig.pause('paused by migrate-pause on the control socket');
+    return {};
+  }
+
+  /**
+   * Postcopy recovery: reconnect to `to` (default: the address used so far). Replies once the
+   * migration runs again, or with the reason the attempt failed (it stays paused then).
+   */
+  private async resume(args: Record<string, unknown>): Promise<Record<string, unknown>> {
+    onlyKeys(args, ['to']);
+    const to = args['to'];
+    if (to !== undefined && typeof to !== 'string') throw new CommandError(`"to" must be a HOST:PORT string, not ${JSON.stringify(to)}`);
+    if (!this.mig) throw new CommandError('the migration has not started');
+    await this.mig.resume(to);
+    return {};
+  }
+
   /** Cancels (the library throws after the point of no return: that becomes the error reply). */
   private cancelNow(mig: OutgoingMigration): void {
     mig.cancel('migration cancelled by migrate-cancel on the control socket');
@@ -227,9 +255,37 @@ export class SourceControl extends MigrationControl {
 /** The control socket of `migrate recv`: query-migrate and the MIGRATION events. */
 export class DestControl extends MigrationControl {
   private last: IncomingProgress | null = null;
+  private inc: IncomingMigration | null = null;
 
   private constructor() {
-    super({ 'query-migrate': (a) => this.queryMigrate(a) });
+    super({
+      'query-migrate': (a) => this.queryMigrate(a),
+      'migrate-pause': (a) => this.pause(a),
+      'migrate-recover': (a) => this.recover(a),
+    });
+  }
+
+  /** The incoming migration (listening). */
+  attach(inc: IncomingMigration): void {
+    this.inc = inc;
+  }
+
+  /** Postcopy recovery on purpose: drop every channel; both ends pause. */
+  private pause(args: Record<string, unknown>): Record<string, unknown> {
+    onlyKeys(args, []);
+    if (!this.inc) throw new CommandError('no migration is running');
+    this.inc.pause('paused by migrate-pause on the control socket');
+    return {};
+  }
+
+  /** Postcopy recovery: listen on `listen` (HOST:PORT, port 0 picks one) for the source; returns the address. */
+  private async recover(args: Record<string, unknown>): Promise<Record<string, unknown>> {
+    onlyKeys(args, ['listen']);
+    const listen = args['listen'];
+    if (typeof listen !== 'string') throw new CommandError(`"listen" must be a HOST:PORT string, not ${JSON.stringify(listen)}`);
+    if (!this.inc) throw new CommandError('no migration is running');
+    const ep = await this.inc.recover(listen);
+    return { listen: `${ep.host.includes(':') ? `[${ep.host}]` : ep.host}:${ep.port}` };
   }
 
   static async start(path: string): Promise<DestControl> {
@@ -240,6 +296,8 @@ export class DestControl extends MigrationControl {
 
   /** From the incoming migration's onProgress. */
   progress(p: IncomingProgress): void {
+    if (p.state === 'paused' && this.status !== 'postcopy-paused') this.server.emit('MIGRATION_PAUSED', { reason: p.pausedReason ?? '' });
+    if (p.state === 'running' && this.status === 'postcopy-paused') this.server.emit('MIGRATION_RESUMED', { recoveries: p.recoveries ?? 0 });
     this.last = p;
     this.setStatus(DEST_STATUS[p.state] ?? 'active');
   }
@@ -258,6 +316,8 @@ export class DestControl extends MigrationControl {
       state: p.state,
       round: p.round,
       ram: { total: p.totalBytes, received: p.receivedBytes },
+      recoveries: p.recoveries ?? 0,
+      ...(p.pausedReason !== undefined ? { 'paused-reason': p.pausedReason } : {}),
     };
   }
 }

@@ -6,7 +6,8 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { IncomingMigration } from '@livemig/dest';
 import type { Machine } from '@livemig/machine';
-import { formatEndpoint, type MigrationReport } from '@livemig/transport';
+import { formatEndpoint, type MigrationReport, type TlsCredentials } from '@livemig/transport';
+import { tlsFromArgs } from './tls-args.js';
 import { ProgressLine } from './progress.js';
 import { printReport } from './report-output.js';
 import { parseSize } from './units.js';
@@ -24,6 +25,11 @@ export interface RecvArgs {
   progress: boolean;
   /** Unix socket path of the control socket (control.ts), served from before listening to the end. */
   control?: string;
+  tlsDir?: string;
+  tlsPsk?: string;
+  tlsPskIdentity?: string;
+  tlsAuthz?: string;
+  autoRecover: boolean;
 }
 
 export interface ReceiveResult {
@@ -33,18 +39,31 @@ export interface ReceiveResult {
 }
 
 /** Receives one guest, runs it `runAfter` ms, verifies it. */
-export async function receiveOnce(a: { listen: string; maxRam?: string; guestPort?: number; runAfter: number; progress: boolean; refuseFeature?: string; ctl?: DestControl }): Promise<ReceiveResult> {
+export async function receiveOnce(a: {
+  listen: string;
+  maxRam?: string;
+  guestPort?: number;
+  runAfter: number;
+  progress: boolean;
+  refuseFeature?: string;
+  autoRecover?: boolean;
+  tls?: TlsCredentials;
+  ctl?: DestControl;
+}): Promise<ReceiveResult> {
   const progress = new ProgressLine(a.progress);
   const inc = await IncomingMigration.listen({
     listen: a.listen,
     maxRam: a.maxRam !== undefined ? parseSize(a.maxRam, '--max-ram') : undefined,
     guestPort: a.guestPort,
     refuseFeatures: a.refuseFeature ? a.refuseFeature.split(',').map((x) => x.trim()).filter(Boolean) : undefined,
+    autoRecover: a.autoRecover ?? false,
+    tls: a.tls,
     onProgress: (p) => {
       progress.dest(p);
       a.ctl?.progress(p);
     },
   });
+  a.ctl?.attach(inc);
   process.stderr.write(`migrate recv: listening on ${formatEndpoint(inc.address)}\n`);
   const { report, machine } = await inc.accept();
   progress.end();
@@ -78,7 +97,7 @@ export async function runRecv(a: RecvArgs): Promise<number> {
 async function receiveAndReport(a: RecvArgs, ctl: DestControl | undefined): Promise<number> {
   let result: ReceiveResult;
   try {
-    result = await receiveOnce({ ...a, ctl });
+    result = await receiveOnce({ ...a, ctl, tls: tlsFromArgs(a, 'server') });
   } catch (e) {
     process.stderr.write(`migrate recv: ${(e as Error).message}\n`);
     return 1;
@@ -88,7 +107,13 @@ async function receiveAndReport(a: RecvArgs, ctl: DestControl | undefined): Prom
   try {
     if (ok && machine && a.thenSendTo) {
       await machine.cont();
-      const onward = await sendMachine(machine, a.thenSendTo, { maxBandwidth: '0', downtimeLimit: 300, timeout: 0, progress: a.progress });
+      const onward = await sendMachine(machine, a.thenSendTo, {
+        maxBandwidth: '0',
+        downtimeLimit: 300,
+        timeout: 0,
+        progress: a.progress,
+        tls: a.tlsDir !== undefined || a.tlsPsk !== undefined ? tlsFromArgs({ ...a, tlsAuthz: undefined }, 'client') : undefined,
+      });
       report.onward = onward;
       ok = onward.status === 'completed';
     }

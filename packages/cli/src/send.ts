@@ -6,7 +6,8 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Machine } from '@livemig/machine';
 import { OutgoingMigration } from '@livemig/source';
-import type { MigrationReport } from '@livemig/transport';
+import type { MigrationReport, TlsCredentials } from '@livemig/transport';
+import { tlsFromArgs } from './tls-args.js';
 import { startGuest } from './guest-setup.js';
 import { ProgressLine } from './progress.js';
 import { printReport } from './report-output.js';
@@ -36,9 +37,26 @@ export interface SendArgs {
   progress: boolean;
   /** Unix socket path of the control socket (control.ts), served from before the migration to the end. */
   control?: string;
+  tlsDir?: string;
+  tlsPsk?: string;
+  tlsPskIdentity?: string;
+  autoRecover: boolean;
+  recoverTimeout: number;
+  maxPostcopyBandwidth: string;
 }
 
 export async function runSend(a: SendArgs): Promise<number> {
+  if (a.preempt && !a.postcopy) {
+    process.stderr.write('migrate send: --preempt needs --postcopy\n');
+    return 2;
+  }
+  let tls: TlsCredentials | undefined;
+  try {
+    tls = tlsFromArgs(a, 'client');
+  } catch (e) {
+    process.stderr.write(`migrate send: ${(e as Error).message}\n`);
+    return 1;
+  }
   let ctl: SourceControl | undefined;
   if (a.control !== undefined) {
     try {
@@ -59,7 +77,7 @@ export async function runSend(a: SendArgs): Promise<number> {
   }
   try {
     await sleep(a.migrateAfter);
-    const report = await sendMachine(machine, a.to, { ...a, ctl });
+    const report = await sendMachine(machine, a.to, { ...a, ctl, tls });
     const out: MigrationReport = report;
     let ok = report.status === 'completed';
     if (!ok) {
@@ -67,7 +85,13 @@ export async function runSend(a: SendArgs): Promise<number> {
       out.integrity = await machine.verify();
     } else if (a.returnListen) {
       await machine.destroy();
-      const back = await receiveOnce({ listen: a.returnListen, guestPort: a.guestPort, runAfter: a.runAfter, progress: a.progress });
+      const back = await receiveOnce({
+        listen: a.returnListen,
+        guestPort: a.guestPort,
+        runAfter: a.runAfter,
+        progress: a.progress,
+        tls: tls ? tlsFromArgs(a, 'server') : undefined,
+      });
       out.returned = back.report;
       ok = back.ok;
       if (back.machine) await back.machine.destroy();
@@ -93,6 +117,11 @@ export async function sendMachine(
     postcopyAfter?: string;
     postcopyFallback?: 'precopy' | 'fail';
     preempt?: boolean;
+    autoRecover?: boolean;
+    maxPostcopyBandwidth?: string;
+    /** With autoRecover: seconds to keep trying. */
+    recoverTimeout?: number;
+    tls?: TlsCredentials;
     /** The control socket: it gets the migration and its progress. */
     ctl?: SourceControl;
   },
@@ -109,7 +138,11 @@ export async function sendMachine(
     postcopyAfter,
     postcopyFallback: a.postcopyFallback ?? 'precopy',
     preempt: a.preempt ?? false,
+    autoRecover: a.autoRecover ?? false,
+    autoRecoverMs: (a.recoverTimeout ?? 60) * 1000,
+    tls: a.tls,
     maxBandwidth: parseRate(a.maxBandwidth, '--max-bandwidth'),
+    maxPostcopyBandwidth: parseRate(a.maxPostcopyBandwidth ?? '0', '--max-postcopy-bandwidth'),
     downtimeLimitMs: a.downtimeLimit,
     timeoutMs: a.timeout * 1000,
     onProgress: (p) => {

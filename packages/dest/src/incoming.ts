@@ -35,6 +35,7 @@ import {
   trace,
   WRITE_HIGH_WATER_MARK,
   startKeepalive,
+  type TlsCredentials,
 } from '@livemig/transport';
 import { Userfaultfd, DEFAULT_FEATURES, adoptMapping, mapAnonymous, createMemfd, probeHost, type Mapping } from '@livemig/uffd';
 import { PAGE_PRESENT, PAGE_REQUESTED, PAGE_ZERO, PagePlacer, type PlacerBlock } from './page-placer.js';
@@ -78,6 +79,12 @@ export interface IncomingOptions {
   autoRecover?: boolean;
   /** Keepalive of every channel: a link silent this long is dead (default 4000 ms). */
   keepaliveTimeoutMs?: number;
+  /**
+   * TLS on every channel (server side: `loadTlsCredentials(opts, 'server')`): the source must
+   * present a certificate signed by the CA (and, with `authz`, one of those subjects); or a
+   * pre-shared key.
+   */
+  tls?: TlsCredentials;
   onProgress?: (p: IncomingProgress) => void;
 }
 
@@ -408,6 +415,7 @@ class IncomingSession {
   private onChannelLost(channel: Channel | null, err: Error): void {
     if (channel !== null && channel !== this.ch) return; // a channel already replaced
     const st = this.state.current;
+    trace('dest', `channel lost in state ${st}: ${err.message}`);
     if (this.state.terminal || st === DestState.COMPLETED) return;
     if (st === DestState.RUNNING) this.pause(err);
     else if (st === DestState.PAUSED) {
@@ -461,9 +469,9 @@ class IncomingSession {
     );
   }
 
-  /** Options for the handshake of every channel of this migration. */
-  private acceptOptions(): Record<string, unknown> {
-    return {};
+  /** Options for the handshake of every channel of this migration (TLS). */
+  private acceptOptions(): { tls?: TlsCredentials } {
+    return this.opts.tls ? { tls: this.opts.tls } : {};
   }
 
   run(socket: net.Socket): Promise<IncomingResult> {
@@ -763,6 +771,7 @@ class IncomingSession {
   /** Every page has arrived: stop fault handling, let userfaultfd go, restore huge pages. */
   private async end(): Promise<void> {
     const placer = this.placer!.placer;
+    trace('dest', `END with ${placer.missing} pages missing`);
     if (placer.missing > 0) throw new Error(`END while ${placer.missing} pages are still missing`);
     const endAt = performance.now();
     const faultsSeen = this.faults!.faults;

@@ -25,6 +25,7 @@ import {
   type Endpoint,
   type MigrationReport,
   type RoundReport,
+  type TlsCredentials,
   round1,
   trace,
 } from '@livemig/transport';
@@ -41,6 +42,12 @@ export interface OutgoingOptions {
   to: string | Endpoint;
   /** Page-data rate limit in bytes per second; 0 = unlimited (default). Precopy only. */
   maxBandwidth?: number;
+  /**
+   * Rate limit of the background stream in postcopy, bytes per second (QEMU's
+   * max-postcopy-bandwidth); 0 = unlimited (default). Requested pages on the preempt channel
+   * are never limited.
+   */
+  maxPostcopyBandwidth?: number;
   /** Largest acceptable stop-and-copy time in ms (default 300, like QEMU). */
   downtimeLimitMs?: number;
   /** Fail (guest runs on) when not completed after this many ms; 0 = never (default). */
@@ -75,6 +82,11 @@ export interface OutgoingOptions {
   autoRecoverMs?: number;
   /** Keepalive of every channel: a link silent this long is dead (default 4000 ms). */
   keepaliveTimeoutMs?: number;
+  /**
+   * TLS on every channel (client side: `loadTlsCredentials(opts, 'client')`): the destination's
+   * certificate must be signed by the CA and name the host dialled; or a pre-shared key.
+   */
+  tls?: TlsCredentials;
   /** Called after every round and phase change. */
   onProgress?: (p: Progress) => void;
 }
@@ -182,7 +194,9 @@ export class OutgoingMigration {
     };
   }
 
+  /** Sets the precopy rate limit (postcopy has its own, `maxPostcopyBandwidth`). */
   setMaxBandwidth(bytesPerSecond: number): void {
+    if (this.phase === 'postcopy' || this.phase === 'postcopy-paused') return;
     this.limiter.setLimit(bytesPerSecond);
   }
 
@@ -435,7 +449,8 @@ export class OutgoingMigration {
         this.send({ type: MsgType.LISTEN });
         trace('source', 'device state and LISTEN sent');
         this.server = new PostcopyServer(ch, sender, blocks, this.urgent, (e) => this.onLinkLost(null, e));
-        this.limiter.setLimit(0); // postcopy runs at full speed: the guest waits for these pages
+        // Postcopy runs at full speed unless told otherwise: the guest waits for these pages.
+        this.limiter.setLimit(this.opts.maxPostcopyBandwidth ?? 0);
         this.send({ type: MsgType.RUN });
         this.pointOfNoReturn = true; // from RUN on, the guest lives on the destination
         await this.expect(MsgType.RUN);
@@ -618,8 +633,8 @@ export class OutgoingMigration {
   }
 
   /** Options common to every channel this migration dials (TLS). */
-  private channelOptions(): Record<string, never> {
-    return {};
+  private channelOptions(): { tls?: TlsCredentials } {
+    return this.opts.tls ? { tls: this.opts.tls } : {};
   }
 
   /** Makes `ch` the main channel: return-path frames, loss handling, keepalive. */
@@ -685,6 +700,7 @@ export class OutgoingMigration {
    */
   pause(reason = 'paused by request'): void {
     if (this.phase !== 'postcopy') throw new Error(`cannot pause in phase ${this.phase} (only while postcopy runs)`);
+    if (this.ending) throw new Error('cannot pause: every page was sent and the migration is finishing');
     this.pauseLink(new Error(reason), true);
   }
 
