@@ -7,6 +7,10 @@
 //                  500 ms after the migration starts (QEMU 7.2 here: 2.57 s total, 5 ms
 //                  downtime, 322 ms blocktime)
 //   postcopy-preempt the same with --preempt: requested pages on their own connection
+//   precopy-tls      precopy-full with TLS 1.3 (x509 certificates) on every channel
+//   postcopy-recovery postcopy-sweep with --auto-recover on both ends, through a proxy that
+//                  cuts every connection 300 ms into postcopy; "recovery ms" is the time
+//                  the source spent paused (cut → running again)
 //
 // Page-data rate = page bytes moved / (total time − setup time); the zero guest's figure is
 // "effective": RAM size / (total − setup). Run: `node --import tsx bench/migration.ts`.
@@ -17,8 +21,12 @@
 // memory). On bare metal there is no such cost. By default each run is preceded by touching
 // and freeing 3 GiB in a throwaway process, so both ends get backed memory and the figures
 // measure livemig rather than the VM; `--cold` skips that and shows the VM's first-touch cost.
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
+import { FaultProxy } from '../test/support/proxy.js';
+import { QmpClient } from '../test/support/qmp.js';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -29,6 +37,10 @@ export interface Scenario {
   name: string;
   send: string[];
   recv: string[];
+  /** TLS on every channel (certificates from `migrate certs`, made once per bench run). */
+  tls?: boolean;
+  /** Through a proxy that cuts every connection this many ms after postcopy began (recovery). */
+  cutAfterMs?: number;
 }
 
 export const SCENARIOS: Scenario[] = [
@@ -51,6 +63,18 @@ export const SCENARIOS: Scenario[] = [
     name: 'postcopy-preempt',
     send: ['--ram', '1G', '--vcpus', '1', '--sweep', '1M-1000M', '--migrate-after', '2000', '--postcopy', '--postcopy-after', '500', '--preempt'],
     recv: [],
+  },
+  {
+    name: 'precopy-tls',
+    send: ['--guest', FILL, '--ram', '1G', '--vcpus', '1', '--migrate-after', '100'],
+    recv: [],
+    tls: true,
+  },
+  {
+    name: 'postcopy-recovery',
+    send: ['--ram', '1G', '--vcpus', '1', '--sweep', '1M-1000M', '--migrate-after', '2000', '--postcopy', '--postcopy-after', '500', '--auto-recover'],
+    recv: ['--auto-recover'],
+    cutAfterMs: 300,
   },
 ];
 
@@ -97,6 +121,8 @@ export interface RunFigures {
   requests?: number;
   latencyP50Us?: number;
   latencyP99Us?: number;
+  /** Recovery: time paused from the cut to running again (source's pausedMs). */
+  recoveryMs?: number;
   bad: number;
 }
 
@@ -110,12 +136,44 @@ export async function warmMemory(gib = 3): Promise<void> {
   });
 }
 
+let certDir: string | null = null;
+
+/** Certificates for 127.0.0.1, made once per bench run. */
+function tlsArgs(): string[] {
+  if (!certDir) {
+    certDir = fs.mkdtempSync(path.join(os.tmpdir(), 'livemig-bench-tls-'));
+    fs.rmdirSync(certDir);
+    const r = spawnSync(process.execPath, [MIGRATE, 'certs', '--dir', certDir, '--hosts', '127.0.0.1'], { encoding: 'utf8' });
+    if (r.status !== 0) throw new Error(`migrate certs failed: ${r.stderr}`);
+    process.once('exit', () => fs.rmSync(certDir!, { recursive: true, force: true }));
+  }
+  return ['--tls-dir', certDir];
+}
+
 export async function runOnce(s: Scenario, warm = true): Promise<RunFigures> {
   if (warm) await warmMemory();
-  const recv = run(['recv', '--listen', '127.0.0.1:0', '--json', ...s.recv]);
+  const tls = s.tls ? tlsArgs() : [];
+  const recv = run(['recv', '--listen', '127.0.0.1:0', '--json', ...tls, ...s.recv]);
   const addr = await recv.onErr(/listening on (\S+)/);
-  const send = run(['send', '--to', addr, '--json', ...s.send]);
+  let proxy: FaultProxy | null = null;
+  let ctl: QmpClient | null = null;
+  let to = addr;
+  const extra: string[] = [];
+  if (s.cutAfterMs !== undefined) {
+    proxy = await FaultProxy.start({ target: addr });
+    to = proxy.address;
+    extra.push('--control', path.join(os.tmpdir(), `livemig-bench-${process.pid}.sock`));
+  }
+  const send = run(['send', '--to', to, '--json', ...tls, ...extra, ...s.send]);
+  if (proxy && s.cutAfterMs !== undefined) {
+    ctl = await QmpClient.connect(extra[1]!);
+    await ctl.waitEvent((e) => e.event === 'MIGRATION' && e.data?.status === 'postcopy-active', 60_000);
+    await new Promise((r) => setTimeout(r, s.cutAfterMs));
+    proxy.cut();
+  }
   const [so, ro] = await Promise.all([send.done, recv.done]);
+  ctl?.close();
+  proxy?.close();
   if (so.code !== 0 || ro.code !== 0) throw new Error(`${s.name}: send exit ${so.code}, recv exit ${ro.code}\n${so.err}\n${ro.err}\n${so.out}\n${ro.out}`);
   const sr = last(so.out);
   const rr = last(ro.out);
@@ -133,6 +191,7 @@ export async function runOnce(s: Scenario, warm = true): Promise<RunFigures> {
     requests: rr.postcopy?.requests,
     latencyP50Us: rr.postcopy?.latencyUs?.p50,
     latencyP99Us: rr.postcopy?.latencyUs?.p99,
+    recoveryMs: s.cutAfterMs !== undefined ? sr.pausedMs : undefined,
     bad: rr.integrity?.bad ?? 0,
   };
 }
@@ -168,12 +227,12 @@ export async function runMigrationBench(opts: { runs?: number; only?: string[]; 
 }
 
 export function printMigrationTable(results: ScenarioResult[]): void {
-  console.log('scenario        total ms  downtime ms  data GB/s  eff GB/s  blocktime ms  req  lat p50/p99 µs  dest RSS/RAM MiB  bad');
+  console.log('scenario           total ms  downtime ms  data GB/s  eff GB/s  blocktime ms    req  lat p50/p99 µs  recovery ms  dest RSS/RAM MiB  bad');
   for (const r of results) {
     const m = r.median;
     const lat = m.latencyP50Us !== undefined ? `${m.latencyP50Us}/${m.latencyP99Us}` : '-';
     console.log(
-      `${r.name.padEnd(15)} ${String(m.totalMs).padStart(8)}  ${String(m.downtimeMs).padStart(11)}  ${String(m.pageDataGBps).padStart(9)}  ${String(m.effectiveGBps).padStart(8)}  ${String(m.blocktimeMs ?? '-').padStart(12)}  ${String(m.requests ?? '-').padStart(3)}  ${lat.padStart(14)}  ${`${m.destPeakRssMiB}/${m.ramMiB}`.padStart(16)}  ${m.bad}`,
+      `${r.name.padEnd(18)} ${String(m.totalMs).padStart(8)}  ${String(m.downtimeMs).padStart(11)}  ${String(m.pageDataGBps).padStart(9)}  ${String(m.effectiveGBps).padStart(8)}  ${String(m.blocktimeMs ?? '-').padStart(12)}  ${String(m.requests ?? '-').padStart(5)}  ${lat.padStart(14)}  ${String(m.recoveryMs ?? '-').padStart(11)}  ${`${m.destPeakRssMiB}/${m.ramMiB}`.padStart(16)}  ${m.bad}`,
     );
   }
 }

@@ -42,3 +42,18 @@ export class ProgressLine {
     if (this.enabled && this.tty) process.stderr.write('\n');
   }
 }
+
+/**
+ * One line on stderr (terminal or not) when postcopy pauses and when it runs again: a paused
+ * migration waits for a recovery, and whoever runs the command must know.
+ */
+export class PauseNotice {
+  private paused = false;
+  constructor(private readonly who: string) {}
+
+  update(paused: boolean, reason: string | undefined, hint: string): void {
+    if (paused === this.paused) return;
+    this.paused = paused;
+    process.stderr.write(paused ? `${this.who}: postcopy paused: ${reason ?? 'link failure'}; ${hint}\n` : `${this.who}: postcopy resumed\n`);
+  }
+}

@@ -8,7 +8,7 @@ import { IncomingMigration } from '@livemig/dest';
 import type { Machine } from '@livemig/machine';
 import { formatEndpoint, type MigrationReport, type TlsCredentials } from '@livemig/transport';
 import { tlsFromArgs } from './tls-args.js';
-import { ProgressLine } from './progress.js';
+import { PauseNotice, ProgressLine } from './progress.js';
 import { printReport } from './report-output.js';
 import { parseSize } from './units.js';
 import { sendMachine } from './send.js';
@@ -51,6 +51,7 @@ export async function receiveOnce(a: {
   ctl?: DestControl;
 }): Promise<ReceiveResult> {
   const progress = new ProgressLine(a.progress);
+  const pauseNotice = new PauseNotice('migrate recv');
   const inc = await IncomingMigration.listen({
     listen: a.listen,
     maxRam: a.maxRam !== undefined ? parseSize(a.maxRam, '--max-ram') : undefined,
@@ -61,6 +62,7 @@ export async function receiveOnce(a: {
     onProgress: (p) => {
       progress.dest(p);
       a.ctl?.progress(p);
+      pauseNotice.update(p.state === 'paused', p.pausedReason, a.autoRecover ? 'waiting for the source to reconnect (--auto-recover)' : 'recover with migrate-recover on the control socket (--control)');
     },
   });
   a.ctl?.attach(inc);

@@ -9,7 +9,7 @@ import { OutgoingMigration } from '@livemig/source';
 import type { MigrationReport, TlsCredentials } from '@livemig/transport';
 import { tlsFromArgs } from './tls-args.js';
 import { startGuest } from './guest-setup.js';
-import { ProgressLine } from './progress.js';
+import { PauseNotice, ProgressLine } from './progress.js';
 import { printReport } from './report-output.js';
 import { parseRate } from './units.js';
 import { receiveOnce } from './recv.js';
@@ -127,6 +127,7 @@ export async function sendMachine(
   },
 ): Promise<MigrationReport> {
   const progress = new ProgressLine(a.progress);
+  const pauseNotice = new PauseNotice('migrate send');
   let postcopyAfter: number | 'auto' = 'auto';
   if (a.postcopyAfter !== undefined && a.postcopyAfter !== 'auto') {
     postcopyAfter = Number(a.postcopyAfter);
@@ -148,6 +149,7 @@ export async function sendMachine(
     onProgress: (p) => {
       progress.source(p);
       a.ctl?.progress(p);
+      pauseNotice.update(p.phase === 'postcopy-paused', p.pausedReason, a.autoRecover ? 'reconnecting by itself (--auto-recover)' : 'resume with migrate-resume on the control socket (--control)');
     },
   });
   a.ctl?.attach(mig);

@@ -381,7 +381,7 @@ describe('SourceControl and DestControl (the commands of migrate send / recv)', 
     expect(r).to.deep.equal({ error: { class: 'GenericError', desc: 'cannot cancel: the guest already runs on the destination (postcopy)' }, id: 2 });
   });
 
-  it('destination: query-migrate from the progress data, MIGRATION events, no migrate-cancel', async () => {
+  it('destination: query-migrate from the progress data, MIGRATION, MIGRATION_PAUSED and MIGRATION_RESUMED events, no migrate-cancel', async () => {
     const sock = path.join(dir, 'dst.sock');
     const ctl = await DestControl.start(sock);
     const c = await open(ctl, sock);
@@ -389,8 +389,17 @@ describe('SourceControl and DestControl (the commands of migrate send / recv)', 
     expect((await c.request({ execute: 'migrate-cancel' })).error.class).to.equal('CommandNotFound');
     ctl.progress({ state: DestState.SETUP, receivedBytes: 10, totalBytes: 100, round: 1 });
     expect((await c.next()).data).to.deep.equal({ status: 'active' });
-    expect((await c.request({ execute: 'query-migrate' })).return).to.deep.equal({ status: 'active', state: 'setup', round: 1, ram: { total: 100, received: 10 } });
+    expect((await c.request({ execute: 'query-migrate' })).return).to.deep.equal({ status: 'active', state: 'setup', round: 1, ram: { total: 100, received: 10 }, recoveries: 0 });
     ctl.progress({ state: DestState.RUNNING, receivedBytes: 50, totalBytes: 100, round: 2 });
+    expect((await c.next()).data).to.deep.equal({ status: 'postcopy-active' });
+    ctl.progress({ state: DestState.PAUSED, receivedBytes: 60, totalBytes: 100, round: 2, pausedReason: 'link cut', recoveries: 0 });
+    expect(await c.next()).to.deep.include({ event: 'MIGRATION_PAUSED', data: { reason: 'link cut' } });
+    expect((await c.next()).data).to.deep.equal({ status: 'postcopy-paused' });
+    expect((await c.request({ execute: 'query-migrate' })).return).to.deep.include({ status: 'postcopy-paused', 'paused-reason': 'link cut' });
+    expect((await c.request({ execute: 'migrate-recover', arguments: { listen: 42 } })).error.desc).to.match(/"listen" must be a HOST:PORT string/);
+    expect((await c.request({ execute: 'migrate-recover', arguments: { listen: '127.0.0.1:0' } })).error.desc).to.match(/no migration is running/);
+    ctl.progress({ state: DestState.RUNNING, receivedBytes: 70, totalBytes: 100, round: 2, recoveries: 1 });
+    expect(await c.next()).to.deep.include({ event: 'MIGRATION_RESUMED', data: { recoveries: 1 } });
     expect((await c.next()).data).to.deep.equal({ status: 'postcopy-active' });
     ctl.progress({ state: DestState.COMPLETED, receivedBytes: 120, totalBytes: 100, round: 2 });
     expect((await c.next()).data).to.deep.equal({ status: 'completed' });

@@ -598,7 +598,8 @@ class IncomingSession {
       case MsgType.PONG:
         return;
       case MsgType.ERROR:
-        throw new Error(`the source aborted the migration: ${m.reason}`);
+        // In postcopy this closes the channel and pauses (recovery); before, it fails.
+        throw new Error(this.state.current === DestState.RUNNING ? `the source dropped the connection: ${m.reason}` : `the source aborted the migration: ${m.reason}`);
       default:
         throw new Error(`${this.state.describe()}: unexpected ${MsgType[m.type as unknown as keyof typeof MsgType] ?? m.type} from the source`);
     }
