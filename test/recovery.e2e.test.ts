@@ -11,6 +11,7 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { MsgType, newMigrationId } from '@livemig/protocol';
 import { connectChannel, parseEndpoint } from '@livemig/transport';
+import { createCertificates } from '@livemig/transport/certs';
 import { freePort, migrate, waitHttp, type MigrateProcess } from './support/procs.js';
 import { FaultProxy, type ProxyOptions } from './support/proxy.js';
 import { QmpClient } from './support/qmp.js';
@@ -101,14 +102,33 @@ describe('postcopy recovery between two processes', function () {
     const { recv, send, px } = await startPair([...SLOW_POSTCOPY, '--auto-recover'], ['--auto-recover']);
     await sleep(300);
     px.cut();
-    const { sr, rr } = await finish(send, recv);
+    const { sr, rr } = await finish(send, recv).catch((e: Error) => {
+      throw new Error(`${e.message}\nSEND ${send.stderr.slice(-4000)}\nRECV ${recv.stderr.slice(-4000)}`);
+    });
     expect(rr.integrity).to.include({ checked: true, bad: 0 });
     expect(sr.recoveries).to.be.at.least(1);
-    expect(rr.recoveries).to.equal(sr.recoveries);
+    expect(rr.recoveries).to.be.at.least(1);
   });
 
-  it('recovers with the preempt channel on, and re-establishes it: 0 bad pages', async () => {
-    const { recv, send, px } = await startPair([...SLOW_POSTCOPY, '--preempt', '--auto-recover'], ['--auto-recover']);
+  it('pauses both ends on migrate-pause at the destination, and recovers: 0 bad pages', async () => {
+    const { recv, send, rc, sc } = await startPair(SLOW_POSTCOPY);
+    await sleep(300);
+    await rc.ok('migrate-pause');
+    const [, rp] = await Promise.all([paused(sc), paused(rc)]);
+    expect(rp['paused-reason']).to.match(/migrate-pause/);
+    const { listen } = await rc.ok('migrate-recover', { listen: '127.0.0.1:0' });
+    await sc.ok('migrate-resume', { to: listen });
+    const { sr, rr } = await finish(send, recv);
+    expect(rr.integrity).to.include({ checked: true, bad: 0 });
+    expect(sr.recoveries).to.equal(1);
+    expect(rr.recoveries).to.equal(1);
+  });
+
+  it('recovers with the preempt channel on and TLS on every channel, re-establishing both: 0 bad pages', async () => {
+    const certs = path.join(dir, 'certs');
+    createCertificates({ dir: certs, hosts: ['127.0.0.1'] });
+    const tls = ['--tls-dir', certs];
+    const { recv, send, px } = await startPair([...SLOW_POSTCOPY, ...tls, '--preempt', '--auto-recover'], [...tls, '--auto-recover']);
     await sleep(300);
     px.cut();
     const { sr, rr } = await finish(send, recv);
@@ -132,12 +152,17 @@ describe('postcopy recovery between two processes', function () {
     expect(rr.integrity).to.include({ checked: true, bad: 0 });
   });
 
-  it('returns both ends to paused when the recovery handshake is cut too, and a second recovery completes', async () => {
+  it('stays paused through a failed reconnect and a cut recovery handshake, and a further recovery completes', async () => {
     // Connection 0 is the main channel; 1 is the first recovery attempt: cut after 10 bytes of its hello.
     const { recv, send, px, rc, sc } = await startPair(SLOW_POSTCOPY, [], { cutAfter: (i: number) => (i === 1 ? 10 : undefined) });
     await sleep(300);
     px.cut();
     await Promise.all([paused(sc), paused(rc)]);
+    // A failed reconnect first: nothing listens at that address yet.
+    const nowhere = `127.0.0.1:${await freePort()}`;
+    const refusedResume = await sc.execute('migrate-resume', { to: nowhere });
+    expect(refusedResume.error?.desc).to.match(/recovery failed.*(ECONNREFUSED|connect)/);
+    expect((await sc.ok('query-migrate')).status).to.equal('postcopy-paused');
     const { listen } = await rc.ok('migrate-recover', { listen: '127.0.0.1:0' });
     const retry = await proxy(listen, { cutAfter: (i: number) => (i === 0 ? 10 : undefined) });
     const failed = await sc.execute('migrate-resume', { to: retry.address });

@@ -9,7 +9,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { createCertificates } from '@livemig/transport';
+import { createCertificates } from '@livemig/transport/certs';
 import { ROOT, migrate } from './support/procs.js';
 
 const MIGRATE = path.join(ROOT, 'packages/cli/bin/migrate.js');

@@ -3,7 +3,7 @@
  * and IPs, and a client certificate, in QEMU's x509 layout (a thin layer over
  * `createCertificates` from @livemig/transport). Prints the files written; exit 1 on failure.
  */
-import { createCertificates } from '@livemig/transport';
+import { createCertificates } from '@livemig/transport/certs';
 
 export interface CertsArgs {
   dir: string;

@@ -210,7 +210,7 @@ export class SourceControl extends MigrationControl {
     onlyKeys(args, []);
     if (!this.postcopy) throw new CommandError('postcopy was not enabled for this migration (migrate send --postcopy)');
     if (TERMINAL.has(this.status) || this.status === 'cancelling') throw new CommandError(`the migration has already ended (${this.status})`);
-    if (this.status === 'postcopy-active') throw new CommandError('the migration is already in postcopy');
+    if (this.status === 'postcopy-active' || this.status === 'postcopy-paused') throw new CommandError('the migration is already in postcopy');
     if (this.mig) this.mig.startPostcopy();
     else this.pending.postcopy = true;
     return {};

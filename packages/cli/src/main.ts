@@ -6,7 +6,6 @@ import yargs from 'yargs';
 import { runSend } from './send.js';
 import { runRecv } from './recv.js';
 import { runCheck } from './check.js';
-import { runCerts } from './certs.js';
 
 /** A command-line mistake: usage and the message on stderr, exit 2. */
 class UsageError extends Error {
@@ -71,7 +70,7 @@ export async function main(argv: string[]): Promise<number> {
           .option('tls-dir', { type: 'string', describe: 'TLS with x509 certificates from DIR (ca-cert.pem, server-cert.pem, server-key.pem): the source must present a client certificate signed by the CA' })
           .option('tls-psk', { type: 'string', describe: 'TLS with a pre-shared key from FILE (lines identity:hexkey, like QEMU keys.psk)' })
           .option('tls-psk-identity', { type: 'string', describe: 'the PSK identity to accept (default qemu)' })
-          .option('tls-authz', { type: 'string', describe: 'with --tls-dir: client certificate subjects allowed to migrate in (comma-separated DNs or CNs)' })
+          .option('tls-authz', { type: 'string', array: true, describe: 'with --tls-dir: a client certificate subject allowed to migrate in (a DN like "CN=src,O=Example" or a CN); repeat for more' })
           .option('auto-recover', { type: 'boolean', default: false, describe: 'postcopy recovery: after a link failure, keep listening on the same address for the source' })
           .option('control', { type: 'string', describe: 'serve a QMP-style control socket (JSON lines) on this Unix socket path' })
           .option('json', { type: 'boolean', default: false, describe: 'print the report as one JSON line' })
@@ -99,6 +98,8 @@ export async function main(argv: string[]): Promise<number> {
           .option('cn', { type: 'string', default: 'livemig', describe: 'common-name prefix: the CA is <cn>-ca, the client <cn>-client' })
           .option('force', { type: 'boolean', default: false, describe: 'overwrite existing files' }),
       async (a) => {
+        // Loaded only for this command: node-forge slows every process that loads it (transport's certs.ts).
+        const { runCerts } = await import('./certs.js');
         code = await runCerts(a);
       },
     )

@@ -28,7 +28,7 @@ export interface RecvArgs {
   tlsDir?: string;
   tlsPsk?: string;
   tlsPskIdentity?: string;
-  tlsAuthz?: string;
+  tlsAuthz?: string[];
   autoRecover: boolean;
 }
 
@@ -62,7 +62,15 @@ export async function receiveOnce(a: {
     onProgress: (p) => {
       progress.dest(p);
       a.ctl?.progress(p);
-      pauseNotice.update(p.state === 'paused', p.pausedReason, a.autoRecover ? 'waiting for the source to reconnect (--auto-recover)' : 'recover with migrate-recover on the control socket (--control)');
+      pauseNotice.update(
+        p.state === 'paused',
+        p.pausedReason,
+        a.autoRecover
+          ? 'waiting for the source to reconnect (--auto-recover)'
+          : a.ctl
+            ? 'recover with migrate-recover on the control socket'
+            : 'nothing can resume it: start recv with --control or --auto-recover',
+      );
     },
   });
   a.ctl?.attach(inc);

@@ -149,11 +149,26 @@ export async function sendMachine(
     onProgress: (p) => {
       progress.source(p);
       a.ctl?.progress(p);
-      pauseNotice.update(p.phase === 'postcopy-paused', p.pausedReason, a.autoRecover ? 'reconnecting by itself (--auto-recover)' : 'resume with migrate-resume on the control socket (--control)');
+      pauseNotice.update(
+        p.phase === 'postcopy-paused',
+        p.pausedReason,
+        a.autoRecover
+          ? 'reconnecting by itself (--auto-recover), then waiting for migrate-resume on the control socket'
+          : a.ctl
+            ? 'resume with migrate-resume on the control socket'
+            : 'nothing can resume it: start send with --control or --auto-recover',
+      );
     },
   });
   a.ctl?.attach(mig);
-  const onSignal = (): void => mig.cancel('interrupted by signal');
+  const onSignal = (): void => {
+    try {
+      mig.cancel('interrupted by signal');
+    } catch (e) {
+      // After the point of no return the guest lives on the destination: nothing to cancel.
+      process.stderr.write(`migrate send: ${(e as Error).message}\n`);
+    }
+  };
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
   try {

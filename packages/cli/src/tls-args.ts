@@ -8,8 +8,8 @@ export interface TlsArgs {
   tlsDir?: string;
   tlsPsk?: string;
   tlsPskIdentity?: string;
-  /** recv only: client certificate subjects allowed (comma-separated). */
-  tlsAuthz?: string;
+  /** recv only: client certificate subjects allowed (each a DN or a CN). */
+  tlsAuthz?: string[];
 }
 
 /** The credentials for `side`, or undefined when no --tls-dir / --tls-psk was given. Throws naming what is wrong. */
@@ -24,7 +24,7 @@ export function tlsFromArgs(a: TlsArgs, side: 'client' | 'server'): TlsCredentia
       dir: a.tlsDir,
       pskFile: a.tlsPsk,
       pskIdentity: a.tlsPskIdentity,
-      authz: a.tlsAuthz !== undefined ? a.tlsAuthz.split(',').map((x) => x.trim()).filter(Boolean) : undefined,
+      authz: a.tlsAuthz?.map((x) => x.trim()),
     },
     side,
   );

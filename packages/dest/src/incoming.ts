@@ -35,6 +35,7 @@ import {
   trace,
   WRITE_HIGH_WATER_MARK,
   startKeepalive,
+  LINK_PAUSED,
   type TlsCredentials,
 } from '@livemig/transport';
 import { Userfaultfd, DEFAULT_FEATURES, adoptMapping, mapAnonymous, createMemfd, probeHost, type Mapping } from '@livemig/uffd';
@@ -269,7 +270,8 @@ class IncomingSession {
   private get needsFirstListener(): boolean {
     if (this.state.terminal) return false;
     if (this.expectsPreempt) return true;
-    return (this.opts.autoRecover ?? false) && this.state.current !== DestState.SETUP && this.state.current !== DestState.COMPLETING && this.state.current !== DestState.END;
+    // A reconnection can only come in postcopy, but until precopy completes it may still go there.
+    return (this.opts.autoRecover ?? false) && this.state.current !== DestState.COMPLETING && this.state.current !== DestState.END;
   }
 
   /** Runs `f` once the migration has ended (completed or failed). */
@@ -308,7 +310,15 @@ class IncomingSession {
   extraConnection(socket: net.Socket): boolean {
     if (this.state.terminal || this.state.current === DestState.NONE) return false;
     socket.on('error', () => undefined);
-    if (this.state.current === DestState.PAUSED && !this.ch) {
+    if (this.state.current === DestState.PAUSED) {
+      // The source reconnecting. An earlier attempt still waiting for its RESUME is stale: the
+      // source makes one attempt at a time, so the newest wins.
+      const stale = this.ch;
+      if (stale) {
+        this.ch = null;
+        this.readBefore += stale.bytesRead;
+        stale.close(new Error('replaced by a newer reconnection'));
+      }
       this.acceptResume(socket);
       return true;
     }
@@ -348,7 +358,8 @@ class IncomingSession {
     this.ch = null;
     if (ch) {
       this.readBefore += ch.bytesRead;
-      ch.close(onPurpose ? err : undefined);
+      // On purpose, the source learns why and that it is a pause (it pauses too).
+      ch.close(onPurpose ? Object.assign(new Error(err.message), { code: LINK_PAUSED }) : undefined);
     }
     this.faults?.dropPreempt();
     this.preemptReady = null;
@@ -379,12 +390,9 @@ class IncomingSession {
 
   /** A connection while paused: the source reconnecting. Its hello must carry this migration's UUID. */
   private acceptResume(socket: net.Socket): void {
-    const pending = acceptChannel(socket, { ...this.acceptOptions(), roles: ['main'], uuid: this.report.uuid });
-    // Only one reconnection at a time; a refused one leaves the migration paused.
-    this.resuming = true;
-    pending.then(
+    // A refused reconnection (wrong UUID, bad credentials) leaves the migration paused.
+    acceptChannel(socket, { ...this.acceptOptions(), roles: ['main'], uuid: this.report.uuid }).then(
       ({ channel }) => {
-        this.resuming = false;
         if (this.state.current !== DestState.PAUSED || this.ch) {
           channel.close(new Error('the migration is not paused any more'));
           return;
@@ -392,13 +400,9 @@ class IncomingSession {
         trace('dest', 'source reconnected: waiting for RESUME');
         this.useChannel(channel);
       },
-      (err: Error) => {
-        this.resuming = false;
-        trace('dest', `reconnection refused: ${err.message}`);
-      },
+      (err: Error) => trace('dest', `reconnection refused: ${err.message}`),
     );
   }
-  private resuming = false;
 
   /** Makes `channel` the main channel: frames, loss handling, keepalive. */
   private useChannel(channel: Channel): void {
@@ -417,6 +421,8 @@ class IncomingSession {
     const st = this.state.current;
     trace('dest', `channel lost in state ${st}: ${err.message}`);
     if (this.state.terminal || st === DestState.COMPLETED) return;
+    // END: every page is here; the guest is complete whatever happens to the link.
+    if (st === DestState.END) return;
     if (st === DestState.RUNNING) this.pause(err);
     else if (st === DestState.PAUSED) {
       if (channel) this.readBefore += channel.bytesRead;
@@ -522,7 +528,7 @@ class IncomingSession {
     switch (m.type) {
       case MsgType.SETUP:
         this.state.to(DestState.SETUP, 'SETUP');
-        return this.setup(m);
+        return this.setup(m).then(() => this.updateListeners());
       case MsgType.ROUND:
         this.state.expect(PRECOPY_STATES, 'ROUND');
         this.round = m.round;
@@ -638,7 +644,8 @@ class IncomingSession {
           this.blocktime?.fault(tid, key, t);
           this.blocktime?.placed(key, done);
         },
-        fatal: (err) => this.ch?.close(err),
+        // A fault outside every block, or the fault thread dying: the guest cannot go on.
+        fatal: (err) => void this.fail(err),
       },
       { preempt: this.preemptWanted, received: placer.receivedElsewhere },
     );
@@ -801,8 +808,14 @@ class IncomingSession {
     r.recoveries = this.recoveries;
     r.pausedMs = round1(this.pausedMs);
     r.discard = { ranges: this.discardRanges, commands: this.discardCommands, pages: this.discardPages, maxRangesPerCommand: this.discardMaxRanges };
-    this.ch!.send({ type: MsgType.SHUT, status: 'ok' });
-    await this.ch!.flushed().catch(() => undefined);
+    // Every page is here: the migration is complete even if the link fails now (the source,
+    // not hearing this, pauses and cannot reconnect; see the README's limits).
+    try {
+      this.ch!.send({ type: MsgType.SHUT, status: 'ok' });
+      await this.ch!.flushed();
+    } catch {
+      trace('dest', 'SHUT could not be sent: the link failed after END');
+    }
     this.finishReport(this.runAt, this.runAt - this.stoppedAt);
     r.ram.postcopyBytes = placer.stats.dataBytes - this.postcopyBytesAtRun;
     r.ram.precopyBytes = this.postcopyBytesAtRun;

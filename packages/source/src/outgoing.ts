@@ -18,6 +18,8 @@ import {
   ChannelClosedError,
   connectChannel,
   startKeepalive,
+  LINK_DEAD,
+  LINK_PAUSED,
   emptyRamReport,
   mbps,
   parseEndpoint,
@@ -453,12 +455,19 @@ export class OutgoingMigration {
         this.limiter.setLimit(this.opts.maxPostcopyBandwidth ?? 0);
         this.send({ type: MsgType.RUN });
         this.pointOfNoReturn = true; // from RUN on, the guest lives on the destination
-        await this.expect(MsgType.RUN);
+        try {
+          await this.expect(MsgType.RUN);
+        } catch (e) {
+          // The link broke before RUN's acknowledgement: the migration pauses (and recovers
+          // later, if the destination got RUN); the downtime figure then ends here.
+          if (this.abortError || !(this.paused || isLinkError(e))) throw e;
+          if (!this.paused) this.onLinkLost(null, e as Error);
+        }
         trace('source', 'destination runs the guest (postcopy)');
         report.downtimeMs = round1(performance.now() - stoppedAt);
         dirty.stop();
         dirty = null;
-        this.setPhase('postcopy');
+        if (!this.paused) this.setPhase('postcopy');
         const postStart = performance.now();
         let shut: Frame;
         for (;;) {
@@ -654,7 +663,8 @@ export class OutgoingMigration {
   private onLinkLost(ch: Channel | null, err: Error): void {
     if (ch !== null && ch !== this.ch && ch !== this.urgent) return; // replaced already
     if (this.abortError || this.phase === 'completed') return;
-    if (this.phase === 'postcopy' || this.phase === 'postcopy-paused') {
+    // From RUN on the guest may run on the destination: a broken link pauses (recovery).
+    if (this.pointOfNoReturn && this.server) {
       if (this.resuming && ch !== null) {
         // The recovery handshake itself broke: it fails, and the migration stays paused.
         for (const w of this.waiters.values()) w.reject(new PausedError(err.message));
@@ -672,17 +682,18 @@ export class OutgoingMigration {
     if (this.paused) return;
     this.paused = { at: performance.now(), reason: err.message };
     trace('source', `paused: ${err.message}`);
+    const why = onPurpose ? Object.assign(new Error(err.message), { code: LINK_PAUSED }) : undefined;
     for (const c of [this.ch, this.urgent]) {
       if (!c) continue;
       if (c === this.ch) this.writtenBefore += c.bytesWritten;
-      c.close(onPurpose ? err : undefined);
+      c.close(why);
     }
     this.urgent = null;
     this.server?.pause();
-    const why = new PausedError(err.message);
-    for (const w of this.waiters.values()) w.reject(why);
+    const paused = new PausedError(err.message);
+    for (const w of this.waiters.values()) w.reject(paused);
     this.waiters.clear();
-    for (const w of this.pongWaiters.values()) w.reject(why);
+    for (const w of this.pongWaiters.values()) w.reject(paused);
     this.pongWaiters.clear();
     this.setPhase('postcopy-paused');
     if (this.opts.autoRecover) void this.autoRecover();
@@ -815,6 +826,11 @@ export class OutgoingMigration {
         answer(this.waiters, MsgType.RESUME_ACK, f);
         return;
       case MsgType.ERROR:
+        if ((m.code === LINK_DEAD || m.code === LINK_PAUSED) && this.pointOfNoReturn && this.server) {
+          // The destination dropped the link (its keepalive, or migrate-pause): recovery, not failure.
+          this.onLinkLost(null, new Error(`the destination dropped the connection: ${m.reason}`));
+          return;
+        }
         if (this.resuming || this.paused) {
           // The destination refused a recovery attempt: that attempt fails, the pause goes on.
           for (const w of this.waiters.values()) w.reject(new Error(`destination refused: ${m.reason}`));
@@ -824,7 +840,7 @@ export class OutgoingMigration {
         this.abort(new Error(`destination refused: ${m.reason}`));
         return;
       case MsgType.PING:
-        this.ch?.send({ type: MsgType.PONG, id: m.id });
+        (onPreempt ? this.urgent : this.ch)?.send({ type: MsgType.PONG, id: m.id });
         return;
       case MsgType.PONG:
         answer(this.pongWaiters, m.id, f);

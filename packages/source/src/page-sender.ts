@@ -66,9 +66,12 @@ export class PageSender {
     this.ch.cork();
   }
 
+  /** Whether the current range obeys the rate limiter (requested pages do not). */
+  private paced = true;
+
   /** Waits for the rate limiter; what is corked leaves first, so a limited stream stays smooth. */
   private async pace(bytes: number): Promise<void> {
-    if (this.limiter.limit <= 0) return;
+    if (!this.paced || this.limiter.limit <= 0) return;
     this.ch.uncork();
     try {
       await this.limiter.take(bytes);
@@ -107,14 +110,16 @@ export class PageSender {
 
   /**
    * Sends pages [first, first + count) of `block`, reading them now. Returns the payload
-   * bytes sent.
+   * bytes sent. `paced: false`: the rate limit does not apply (pages a vCPU waits for).
    */
-  async sendRange(block: SendBlock, first: number, count: number): Promise<number> {
+  async sendRange(block: SendBlock, first: number, count: number, opts: { paced?: boolean } = {}): Promise<number> {
     // All frames of the range leave in one writev; backpressure waits uncork first.
     this.ch.cork();
+    this.paced = opts.paced ?? true;
     try {
       return await this.sendRangeCorked(block, first, count);
     } finally {
+      this.paced = true;
       this.ch.uncork();
     }
   }

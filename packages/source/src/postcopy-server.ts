@@ -39,6 +39,8 @@ const PREEMPT_WINDOW = 4;
  */
 const PREFETCH_MIN = 32;
 const PREFETCH_MAX = 512;
+/** Largest PAGE_RUN on the preempt channel, in pages (64 KiB of 4 KiB pages). */
+const URGENT_FRAME_PAGES = 16;
 
 interface Request {
   block: number;
@@ -147,7 +149,12 @@ export class PostcopyServer {
         while (q < end && (!b.populated.test(q) || zero.compare(b.buffer, q * ps, (q + 1) * ps) === 0) === isZero) q++;
         if (isZero) ch.send({ type: MsgType.ZERO, block: b.name, pageSize: ps, runs: [[p * ps, q - p]] });
         else {
-          ch.send({ type: MsgType.PAGE_RUN, block: b.name, pageSize: ps, offset: p * ps, count: q - p }, b.buffer.subarray(p * ps, q * ps));
+          // Small frames: the destination places a frame once all of it has arrived, and the
+          // guest is waiting for the first pages of a prefetch window already.
+          for (let a = p; a < q; a += URGENT_FRAME_PAGES) {
+            const e = Math.min(q, a + URGENT_FRAME_PAGES);
+            ch.send({ type: MsgType.PAGE_RUN, block: b.name, pageSize: ps, offset: a * ps, count: e - a }, b.buffer.subarray(a * ps, e * ps));
+          }
           this.stats.urgentBytes += (q - p) * ps;
         }
         this.stats.urgentPages += q - p;
@@ -256,7 +263,7 @@ export class PostcopyServer {
       while (q < end && b.dirty.test(q)) q++;
       if (q > p) {
         b.dirty.clearRange(p, q);
-        await this.sender.sendRange(b, p, q - p);
+        await this.sender.sendRange(b, p, q - p, { paced: false });
         sent += q - p;
       }
       p = q;

@@ -20,5 +20,4 @@ export {
   type TlsErrorCode,
   type TlsOptions,
 } from './tls.js';
-export { createCertificates, type CertOptions } from './certs.js';
 export * from './keepalive.js';

@@ -18,6 +18,13 @@ export interface KeepaliveOptions {
 export const KEEPALIVE_PING_ID = 0;
 
 /**
+ * ERROR codes saying "this end dropped the link, it did not fail": a dead link found by
+ * keepalive, or a deliberate pause (migrate-pause). In postcopy the peer pauses on them.
+ */
+export const LINK_DEAD = 'LINK_DEAD';
+export const LINK_PAUSED = 'LINK_PAUSED';
+
+/**
  * Starts keepalive on `ch` until it closes. A dead link closes the channel with a
  * ChannelClosedError saying how long the peer was silent. Returns a function that stops it.
  */
@@ -40,7 +47,11 @@ export function startKeepalive(ch: Channel, opts: KeepaliveOptions = {}): () => 
       readAt = now;
     } else if (now - readAt >= timeout) {
       clearInterval(timer);
-      ch.close(new ChannelClosedError(ch.info.label, `the link is dead: nothing received for ${Math.round((now - readAt) / 100) / 10} s`));
+      const dead = new ChannelClosedError(ch.info.label, `the link is dead: nothing received for ${Math.round((now - readAt) / 100) / 10} s`);
+      // The peer, if it still reads us, learns that this end dropped the link (it may pause
+      // and recover) rather than failed.
+      (dead as ChannelClosedError & { code: string }).code = LINK_DEAD;
+      ch.close(dead);
       return;
     }
     if (ch.bytesWritten !== lastWritten) {

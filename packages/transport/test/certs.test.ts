@@ -12,7 +12,8 @@ import path from 'node:path';
 import { X509Certificate } from 'node:crypto';
 import { spawn, spawnSync } from 'node:child_process';
 import { encodeHello, newMigrationId, type Hello } from '@livemig/protocol';
-import { acceptChannel, createCertificates, loadTlsCredentials, type Channel } from '@livemig/transport';
+import { acceptChannel, loadTlsCredentials, type Channel } from '@livemig/transport';
+import { createCertificates } from '@livemig/transport/certs';
 
 const OPENSSL = '/usr/bin/openssl';
 const FILES = ['ca-cert.pem', 'server-cert.pem', 'server-key.pem', 'client-cert.pem', 'client-key.pem'];

@@ -14,11 +14,11 @@ import type tls from 'node:tls';
 import { createHash } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { MsgType, newMigrationId, payloadToBuffer, type Frame, type Hello } from '@livemig/protocol';
+import { createCertificates } from '@livemig/transport/certs';
 import {
   TlsError,
   acceptChannel,
   connectChannel,
-  createCertificates,
   loadTlsCredentials,
   subjectMatchesAuthz,
   type Channel,
