@@ -39,7 +39,7 @@ import {
   type PreemptAttachMessage,
   type PreemptDropMessage,
 } from './fault-messages.js';
-import { PreemptEndpoint } from './preempt-channel.js';
+import type { PreemptEndpoint as PreemptEndpointClass } from './preempt-channel.js';
 
 const MISSING = 0;
 const PRESENT = 1;
@@ -166,7 +166,9 @@ function runBlocking(data: FaultWorkerData): void {
  * drives the preempt channel's socket; a new fault's request leaves on the preempt channel
  * from here, without a hop through the main thread.
  */
-function runLoop(data: FaultWorkerData): void {
+async function runLoop(data: FaultWorkerData): Promise<void> {
+  // Loaded only in preempt mode: the channel code (transport, TLS) stays out of the common path.
+  const { PreemptEndpoint } = (await import('./preempt-channel.js')) as { PreemptEndpoint: typeof PreemptEndpointClass };
   const uffd = Userfaultfd.fromFd(data.uffdFd, data.features);
   const stop = EventFd.fromFd(data.stopFd);
   const reader = new FaultReader(uffd, data);
@@ -218,7 +220,7 @@ function runLoop(data: FaultWorkerData): void {
 if (!isMainThread) {
   try {
     const data = workerData as FaultWorkerData;
-    if (data.preempt) runLoop(data);
+    if (data.preempt) runLoop(data).catch((e: Error) => parentPort!.postMessage({ type: 'error', message: e.message }));
     else runBlocking(data);
   } catch (e) {
     parentPort!.postMessage({ type: 'error', message: (e as Error).message });
