@@ -219,7 +219,6 @@ class IncomingSession {
   /** The preempt connection, accepted but waiting for the fault thread (before ADVISE). */
   private preemptSocket: net.Socket | null = null;
   private preemptReady: Promise<string> | null = null;
-  private settledHooks: Array<() => void> = [];
   /** Listeners whose connections belong to this migration: the first one, and recover()'s. */
   private readonly listeners = new Map<string, net.Server>();
   /** The listener the migration arrived on. */
@@ -272,11 +271,6 @@ class IncomingSession {
     if (this.expectsPreempt) return true;
     // A reconnection can only come in postcopy, but until precopy completes it may still go there.
     return (this.opts.autoRecover ?? false) && this.state.current !== DestState.COMPLETING && this.state.current !== DestState.END;
-  }
-
-  /** Runs `f` once the migration has ended (completed or failed). */
-  onSettled(f: () => void): void {
-    this.settledHooks.push(f);
   }
 
   /** Routes the further connections of `server` (the one the migration arrived on) to this migration. */
@@ -486,7 +480,6 @@ class IncomingSession {
         for (const server of this.listeners.values()) server.close();
         this.listeners.clear();
         resolve(r);
-        for (const f of this.settledHooks.splice(0)) f();
       };
       this.t0 = performance.now();
       acceptChannel(socket, { ...this.acceptOptions(), roles: ['main'] }).then(
