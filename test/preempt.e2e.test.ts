@@ -30,6 +30,17 @@ describe('postcopy with a preempt channel between two processes', function () {
     expect(rr.postcopy.guestProgress).to.be.greaterThan(0);
   });
 
+  it('completes as precopy when precopy converges first, the preempt channel closing without harm', async () => {
+    const recv = migrate('recv', '--listen', '127.0.0.1:0', '--run-after', '100', '--json');
+    const addr = await recv.listening();
+    const send = migrate('send', '--to', addr, '--ram', '64M', '--vcpus', '1', '--migrate-after', '100', '--postcopy', '--postcopy-after', '100000', '--preempt', '--downtime-limit', '1000', '--json');
+    const [s, r] = await Promise.all([send.done(30_000), recv.done(30_000)]);
+    expect(s.code, send.stderr).to.equal(0);
+    expect(r.code, recv.stderr).to.equal(0);
+    expect(send.report().mode).to.equal('precopy');
+    expect(recv.report().integrity.bad).to.equal(0);
+  });
+
   it('fails before switchover when the preempt channel cannot be set up, and the source guest runs on and verifies', async () => {
     const recv = migrate('recv', '--listen', '127.0.0.1:0', '--json');
     const addr = await recv.listening();

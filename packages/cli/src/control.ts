@@ -181,7 +181,7 @@ export class ControlServer {
         pending = [];
         pendingBytes = 0;
         const text = line.toString('utf8');
-        client.queue = client.queue.then(() => this.request(client, text));
+        client.queue = client.queue.then(() => this.request(client, text)).catch(() => undefined);
         start = nl + 1;
       }
       if (start < chunk.length) {
@@ -197,7 +197,13 @@ export class ControlServer {
   private async request(client: Client, line: string): Promise<void> {
     if (line.trim() === '') return;
     const reply = await this.execute(line);
-    this.send(client, reply);
+    try {
+      this.send(client, reply);
+    } catch (e) {
+      // A reply that cannot be encoded (an `id` nested too deep for JSON.stringify, say):
+      // answer without the echo rather than let the error escape.
+      this.send(client, errorReply('GenericError', `the reply could not be encoded: ${(e as Error).message}`));
+    }
   }
 
   private async execute(line: string): Promise<Record<string, unknown>> {

@@ -171,6 +171,17 @@ describe('ControlServer (control socket core)', () => {
     expect(await c.request({ execute: 'echo', arguments: { still: 'here' }, id: 1 })).to.deep.equal({ return: { got: { still: 'here' } }, id: 1 });
   });
 
+  it('survives an id nested too deep to encode: an error reply without it, and the connection goes on', async () => {
+    const c = await connect();
+    await c.next();
+    const depth = 200_000; // JSON.parse takes it, JSON.stringify runs out of stack
+    c.send(`{"execute": "echo", "id": ${'['.repeat(depth)}${']'.repeat(depth)}}`);
+    const r = await c.next();
+    expect(r.error).to.include({ class: 'GenericError' });
+    expect(r.error.desc).to.match(/could not be encoded/);
+    expect(await c.request({ execute: 'echo', id: 2 })).to.deep.equal({ return: { got: {} }, id: 2 });
+  });
+
   it('turns a handler error into a GenericError with its message (or the class it chose)', async () => {
     const c = await connect();
     await c.next();

@@ -53,7 +53,7 @@ export class FaultHandler {
   private readonly stopFd: EventFd;
   private stopped: Promise<void> | null = null;
   private readonly exited: Promise<void>;
-  private preemptWait: { resolve: (label: string) => void; reject: (e: Error) => void } | null = null;
+  private preemptWait: { id: number; resolve: (label: string) => void; reject: (e: Error) => void } | null = null;
   faults = 0;
   /** Preempt channel figures, once the thread has stopped (null without preempt). */
   preemptStats: PreemptStats | null = null;
@@ -88,11 +88,15 @@ export class FaultHandler {
         const p = m.placed;
         for (let i = 0; i < p.length; i += PLACED_FIELDS) events.placed?.(p[i]!, p[i + 1]!, p[i + 2]!);
       } else if (m.type === 'preempt-ready') {
-        this.preemptWait?.resolve(m.label);
-        this.preemptWait = null;
+        if (this.preemptWait?.id === m.id) {
+          this.preemptWait.resolve(m.label);
+          this.preemptWait = null;
+        }
       } else if (m.type === 'preempt-failed') {
-        this.preemptWait?.reject(new Error(m.message));
-        this.preemptWait = null;
+        if (this.preemptWait?.id === m.id) {
+          this.preemptWait.reject(new Error(m.message));
+          this.preemptWait = null;
+        }
       } else if (m.type === 'preempt-closed') {
         events.preemptClosed?.(new Error(m.message));
       } else if (m.type === 'stopped') {
@@ -114,23 +118,29 @@ export class FaultHandler {
   attachPreempt(socket: net.Socket, uuid: string, accept: Record<string, unknown> = {}): Promise<string> {
     const handle = (socket as unknown as { _handle?: { fd?: number } })._handle;
     const fd = handle?.fd;
-    if (fd === undefined || fd < 0) {
+    if (fd === undefined || fd < 0 || this.stopped) {
       socket.destroy();
-      return Promise.reject(new Error('preempt connection: no socket descriptor to hand to the fault thread'));
+      return Promise.reject(new Error(this.stopped ? 'preempt connection: fault handling has stopped' : 'preempt connection: no socket descriptor to hand to the fault thread'));
     }
     let dup: number;
     try {
       dup = dupFd(fd, 'preempt connection');
+    } catch (e) {
+      return Promise.reject(e as Error);
     } finally {
       // Closes this thread's descriptor only; the connection lives on in the duplicate.
       socket.destroy();
     }
+    // An earlier attach still waiting is superseded: its answer will not be taken for this one.
+    this.preemptWait?.reject(new Error('superseded by a newer preempt connection'));
+    const id = ++this.attachId;
     return new Promise<string>((resolve, reject) => {
-      this.preemptWait = { resolve, reject };
-      const msg: PreemptAttachMessage = { type: 'preempt', fd: dup, uuid, accept };
+      this.preemptWait = { id, resolve, reject };
+      const msg: PreemptAttachMessage = { type: 'preempt', id, fd: dup, uuid, accept };
       this.worker.postMessage(msg);
     });
   }
+  private attachId = 0;
 
   /** Postcopy recovery: the fault thread closes its preempt channel (a new one may be attached later). */
   dropPreempt(): void {

@@ -46,6 +46,8 @@ export const PLACED_FIELDS = 3;
 /** Main thread → fault thread: take over the accepted preempt connection (a dup of its socket). */
 export interface PreemptAttachMessage {
   type: 'preempt';
+  /** Matches the answer (preempt-ready / preempt-failed) to this attach. */
+  id: number;
   fd: number;
   uuid: string;
   /** Options for the handshake on the worker's side (`acceptChannel`: TLS credentials) and `keepaliveTimeoutMs`. */
@@ -62,8 +64,8 @@ export type FaultWorkerMessage =
   | { type: 'faults'; faults: Float64Array }
   /** Requested pages the preempt channel placed. */
   | { type: 'placed'; placed: Float64Array }
-  | { type: 'preempt-ready'; label: string }
-  | { type: 'preempt-failed'; message: string }
+  | { type: 'preempt-ready'; id: number; label: string }
+  | { type: 'preempt-failed'; id: number; message: string }
   /** The preempt channel closed before the thread was stopped. */
   | { type: 'preempt-closed'; message: string }
   | { type: 'stopped'; preempt: PreemptStats | null }

@@ -191,18 +191,33 @@ async function runLoop(data: FaultWorkerData): Promise<void> {
     preempt.request(bi, page);
     return true;
   };
-  const faults = watchFd(data.uffdFd, (err) => {
-    if (err) throw err;
-    while (reader.readBatch());
-  });
-  const stopWatch = watchFd(data.stopFd, () => {
-    stop.drain();
+  // An exception thrown in a uv_poll callback would not reach the worker's 'error' event:
+  // report it to the main thread (fatal there) and stop watching.
+  const fail = (e: unknown): void => {
     faults.close();
     stopWatch.close();
-    preempt.close();
-    flushPlaced();
-    parentPort!.postMessage({ type: 'stopped', preempt: preempt.stats });
-    parentPort!.close();
+    parentPort!.postMessage({ type: 'error', message: (e as Error).message ?? String(e) });
+  };
+  const faults = watchFd(data.uffdFd, (err) => {
+    try {
+      if (err) throw err;
+      while (reader.readBatch());
+    } catch (e) {
+      fail(e);
+    }
+  });
+  const stopWatch = watchFd(data.stopFd, () => {
+    try {
+      stop.drain();
+      faults.close();
+      stopWatch.close();
+      preempt.close();
+      flushPlaced();
+      parentPort!.postMessage({ type: 'stopped', preempt: preempt.stats });
+      parentPort!.close();
+    } catch (e) {
+      fail(e);
+    }
   });
   parentPort!.on('message', (m: PreemptAttachMessage | PreemptDropMessage) => {
     if (m.type === 'preempt-drop') {
@@ -211,8 +226,8 @@ async function runLoop(data: FaultWorkerData): Promise<void> {
     }
     if (m.type !== 'preempt') return;
     preempt.attach(m.fd, m.uuid, m.accept).then(
-      (label) => parentPort!.postMessage({ type: 'preempt-ready', label }),
-      (e: Error) => parentPort!.postMessage({ type: 'preempt-failed', message: e.message }),
+      (label) => parentPort!.postMessage({ type: 'preempt-ready', id: m.id, label }),
+      (e: Error) => parentPort!.postMessage({ type: 'preempt-failed', id: m.id, message: e.message }),
     );
   });
 }

@@ -49,6 +49,8 @@ export class PreemptEndpoint {
   private readonly bounce: Buffer;
   private ch: Channel | null = null;
   private closing = false;
+  /** Bumped by every attach and close: a handshake that finishes after either is stale. */
+  private generation = 0;
 
   constructor(uffd: Userfaultfd, blocks: PreemptBlock[], received: Int32Array, events: PreemptEvents) {
     this.uffd = uffd;
@@ -72,7 +74,13 @@ export class PreemptEndpoint {
   async attach(fd: number, uuid: string, accept: Omit<AcceptOptions, 'roles' | 'uuid'> & { keepaliveTimeoutMs?: number }): Promise<string> {
     const socket = new net.Socket({ fd, readable: true, writable: true });
     const { keepaliveTimeoutMs, ...opts } = accept;
+    const generation = ++this.generation;
     const { channel } = await acceptChannel(socket, { ...opts, roles: ['preempt'], uuid });
+    if (generation !== this.generation) {
+      // close() (a pause, the end) or a newer attach came during the handshake.
+      channel.close();
+      throw new Error('the preempt channel was dropped during its handshake');
+    }
     // A channel dropped before (postcopy recovery) is replaced.
     this.ch?.close();
     this.ch = channel;
@@ -92,8 +100,9 @@ export class PreemptEndpoint {
     this.ch!.send({ type: MsgType.REQ_PAGES, block: b.name, offset: page * b.pageSize, length: b.pageSize });
   }
 
-  /** Closes the channel (the migration is over, or failing). */
+  /** Closes the channel (the migration is over, or failing, or pausing); a handshake under way is dropped. */
   close(): void {
+    this.generation++;
     this.closing = true;
     this.ch?.close();
   }

@@ -417,6 +417,8 @@ export class OutgoingMigration {
         await this.sendDirty(sender, blocks, () => false);
         trace('source', 'last pages sent');
         this.send({ type: MsgType.DEVICE }, pack(this.machine.saveDevice()));
+        // The destination stops its fault thread (and with it the preempt channel) on COMPLETE.
+        this.ending = true;
         this.send({ type: MsgType.COMPLETE });
         // From here the destination may start the guest at any moment: if the answer is lost,
         // resuming here could run it twice. Only an explicit refusal gives it back.
@@ -724,8 +726,8 @@ export class OutgoingMigration {
   async resume(to?: string | Endpoint): Promise<void> {
     if (!this.paused) throw new Error(`cannot resume in phase ${this.phase} (only when paused)`);
     if (this.resuming) throw new Error('a recovery is already in progress');
-    this.resuming = true;
     const endpoint = to === undefined ? this.endpoint : typeof to === 'string' ? parseEndpoint(to) : to;
+    this.resuming = true;
     let ch: Channel | null = null;
     try {
       ch = await connectChannel({ ...this.channelOptions(), endpoint, role: 'main', uuid: this.uuid, timeoutMs: 5000 });

@@ -294,7 +294,15 @@ async function acceptTls(raw: net.Socket, opts: AcceptOptions, creds: TlsCredent
     raw.destroy();
     throw new TlsError('TLS_PLAINTEXT', `${label}: the peer does not speak TLS (it sent ${first.subarray(0, 8).toString('hex')}…), and this listener requires it`);
   }
-  const hs = await secureServer(raw, creds, { timeoutMs, highWaterMark: WRITE_HIGH_WATER_MARK }).catch((e: Error) => {
+  let securing: ReturnType<typeof secureServer>;
+  try {
+    securing = secureServer(raw, creds, { timeoutMs, highWaterMark: WRITE_HIGH_WATER_MARK });
+  } catch (e) {
+    // OpenSSL may refuse credentials synchronously (a key too small, say): the peer must not wait.
+    raw.destroy();
+    throw e;
+  }
+  const hs = await securing.catch((e: Error) => {
     throw e instanceof TlsError ? labelled(label, e) : e;
   });
   const socket = hs.socket;
