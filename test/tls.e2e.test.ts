@@ -87,7 +87,7 @@ describe('TLS between two processes', function () {
     expect(rr.mode).to.equal('postcopy');
     expect(rr.integrity).to.include({ checked: true, pages: 131072, bad: 0 });
     expect(rr.postcopy.requests).to.be.greaterThan(0);
-    expect(rr.postcopy.preempt.requests).to.equal(rr.postcopy.requests);
+    expect(rr.postcopy.preempt.requests).to.be.at.least(Math.floor(rr.postcopy.requests * 0.99));
     expect(send.report().postcopy.preempt.pages).to.be.greaterThan(0);
   });
 
