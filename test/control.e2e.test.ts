@@ -29,8 +29,7 @@ describe('control socket (--control) between two processes', function () {
 
   /** Waits for `p` to announce its control socket, then connects to it. */
   const control = async (p: MigrateProcess, sock: string): Promise<QmpClient> => {
-    await p.waitStderr(/control socket on (\S+)/);
-    const c = await QmpClient.connect(sock);
+    const c = await QmpClient.forProcess(p, sock);
     clients.push(c);
     return c;
   };

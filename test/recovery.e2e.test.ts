@@ -33,8 +33,7 @@ describe('postcopy recovery between two processes', function () {
     return p;
   };
   const control = async (p: MigrateProcess, sock: string): Promise<QmpClient> => {
-    await p.waitStderr(/control socket on (\S+)/);
-    const c = await QmpClient.connect(sock);
+    const c = await QmpClient.forProcess(p, sock);
     clients.push(c);
     return c;
   };

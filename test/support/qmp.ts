@@ -5,6 +5,7 @@
  */
 import net from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
+import type { MigrateProcess } from './procs.js';
 
 export interface QmpEvent {
   event: string;
@@ -49,6 +50,12 @@ export class QmpClient {
   }
 
   private onGreeting: () => void = () => undefined;
+
+  /** Waits for `p` (migrate send/recv --control PATH) to announce its control socket, then connects to it. */
+  static async forProcess(p: MigrateProcess, path: string): Promise<QmpClient> {
+    await p.waitStderr(/control socket on (\S+)/);
+    return QmpClient.connect(path);
+  }
 
   /** Connects to `path`, retrying until the socket is there (up to `timeoutMs`), and waits for the greeting. */
   static async connect(path: string, timeoutMs = 10_000): Promise<QmpClient> {

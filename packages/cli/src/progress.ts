@@ -49,11 +49,25 @@ export class ProgressLine {
  */
 export class PauseNotice {
   private paused = false;
-  constructor(private readonly who: string) {}
+  private readonly who: string;
+  /** What will end the pause, given how the command was started. */
+  private readonly hint: string;
 
-  update(paused: boolean, reason: string | undefined, hint: string): void {
+  constructor(side: 'send' | 'recv', how: { autoRecover: boolean; control: boolean }) {
+    this.who = `migrate ${side}`;
+    const command = side === 'send' ? 'migrate-resume' : 'migrate-recover';
+    this.hint = how.autoRecover
+      ? side === 'send'
+        ? `reconnecting by itself (--auto-recover), then waiting for ${command} on the control socket`
+        : 'waiting for the source to reconnect (--auto-recover)'
+      : how.control
+        ? `${side === 'send' ? 'resume' : 'recover'} with ${command} on the control socket`
+        : `nothing can resume it: start ${side} with --control or --auto-recover`;
+  }
+
+  update(paused: boolean, reason: string | undefined): void {
     if (paused === this.paused) return;
     this.paused = paused;
-    process.stderr.write(paused ? `${this.who}: postcopy paused: ${reason ?? 'link failure'}; ${hint}\n` : `${this.who}: postcopy resumed\n`);
+    process.stderr.write(paused ? `${this.who}: postcopy paused: ${reason ?? 'link failure'}; ${this.hint}\n` : `${this.who}: postcopy resumed\n`);
   }
 }

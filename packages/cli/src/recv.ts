@@ -51,7 +51,7 @@ export async function receiveOnce(a: {
   ctl?: DestControl;
 }): Promise<ReceiveResult> {
   const progress = new ProgressLine(a.progress);
-  const pauseNotice = new PauseNotice('migrate recv');
+  const pauseNotice = new PauseNotice('recv', { autoRecover: a.autoRecover ?? false, control: a.ctl !== undefined });
   const inc = await IncomingMigration.listen({
     listen: a.listen,
     maxRam: a.maxRam !== undefined ? parseSize(a.maxRam, '--max-ram') : undefined,
@@ -62,15 +62,7 @@ export async function receiveOnce(a: {
     onProgress: (p) => {
       progress.dest(p);
       a.ctl?.progress(p);
-      pauseNotice.update(
-        p.state === 'paused',
-        p.pausedReason,
-        a.autoRecover
-          ? 'waiting for the source to reconnect (--auto-recover)'
-          : a.ctl
-            ? 'recover with migrate-recover on the control socket'
-            : 'nothing can resume it: start recv with --control or --auto-recover',
-      );
+      pauseNotice.update(p.state === 'paused', p.pausedReason);
     },
   });
   a.ctl?.attach(inc);

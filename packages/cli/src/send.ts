@@ -127,7 +127,7 @@ export async function sendMachine(
   },
 ): Promise<MigrationReport> {
   const progress = new ProgressLine(a.progress);
-  const pauseNotice = new PauseNotice('migrate send');
+  const pauseNotice = new PauseNotice('send', { autoRecover: a.autoRecover ?? false, control: a.ctl !== undefined });
   let postcopyAfter: number | 'auto' = 'auto';
   if (a.postcopyAfter !== undefined && a.postcopyAfter !== 'auto') {
     postcopyAfter = Number(a.postcopyAfter);
@@ -149,15 +149,7 @@ export async function sendMachine(
     onProgress: (p) => {
       progress.source(p);
       a.ctl?.progress(p);
-      pauseNotice.update(
-        p.phase === 'postcopy-paused',
-        p.pausedReason,
-        a.autoRecover
-          ? 'reconnecting by itself (--auto-recover), then waiting for migrate-resume on the control socket'
-          : a.ctl
-            ? 'resume with migrate-resume on the control socket'
-            : 'nothing can resume it: start send with --control or --auto-recover',
-      );
+      pauseNotice.update(p.phase === 'postcopy-paused', p.pausedReason);
     },
   });
   a.ctl?.attach(mig);

@@ -139,18 +139,10 @@ export class PreemptEndpoint {
         for (const [offset, count] of m.runs) {
           this.stats.pages += count;
           const first = offset / b.pageSize;
-          const end = first + count;
-          let p = first;
-          while (p < end) {
-            while (p < end && Atomics.load(b.states, p) === PRESENT) p++;
-            let q = p;
-            while (q < end && Atomics.load(b.states, q) !== PRESENT) q++;
-            if (q > p) {
-              mapZeroPages(this.uffd, b.name, b.addr, b.pageSize, p, q);
-              this.markPresent(bi, p, q);
-            }
-            p = q;
-          }
+          forEachNotPresentRun(b.states, first, first + count, (p, q) => {
+            mapZeroPages(this.uffd, b.name, b.addr, b.pageSize, p, q);
+            this.markPresent(bi, p, q);
+          });
         }
         return;
       }
@@ -177,19 +169,11 @@ export class PreemptEndpoint {
   private placeData(bi: number, first: number, count: number, src: Buffer): void {
     const b = this.blocks[bi]!;
     const ps = b.pageSize;
-    const end = first + count;
     const base = bufferAddress(src);
-    let p = first;
-    while (p < end) {
-      while (p < end && Atomics.load(b.states, p) === PRESENT) p++;
-      let q = p;
-      while (q < end && Atomics.load(b.states, q) !== PRESENT) q++;
-      if (q > p) {
-        copyPages(this.uffd, b.name, b.addr, ps, p, q, base + (p - first) * ps);
-        this.markPresent(bi, p, q);
-      }
-      p = q;
-    }
+    forEachNotPresentRun(b.states, first, first + count, (p, q) => {
+      copyPages(this.uffd, b.name, b.addr, ps, p, q, base + (p - first) * ps);
+      this.markPresent(bi, p, q);
+    });
   }
 
   private markPresent(bi: number, first: number, end: number): void {
@@ -207,5 +191,17 @@ export class PreemptEndpoint {
       }
     }
     if (fresh > 0) Atomics.add(this.received, 0, fresh);
+  }
+}
+
+/** Calls `cb(p, q)` for each run [p, q) of pages in [first, end) not present (read atomically). */
+function forEachNotPresentRun(states: Uint8Array, first: number, end: number, cb: (p: number, q: number) => void): void {
+  let p = first;
+  while (p < end) {
+    while (p < end && Atomics.load(states, p) === PRESENT) p++;
+    let q = p;
+    while (q < end && Atomics.load(states, q) !== PRESENT) q++;
+    if (q > p) cb(p, q);
+    p = q;
   }
 }

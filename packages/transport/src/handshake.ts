@@ -232,7 +232,7 @@ export async function acceptChannel(socket: net.Socket, opts: AcceptOptions = {}
     }
     return acceptTls(socket, opts, opts.tls, peer, timeoutMs);
   }
-  let label = `connection from ${peer}`;
+  const label = `connection from ${peer}`;
   const { bytes, leftover } = await readHelloBytes(socket, timeoutMs, label).catch((e: Error) => {
     socket.destroy();
     throw e;
@@ -242,10 +242,19 @@ export async function acceptChannel(socket: net.Socket, opts: AcceptOptions = {}
     refuse(socket, e, undefined);
     throw e;
   }
-  let hello: Hello | undefined;
+  let hello: Hello;
   try {
     hello = decodeHello(bytes);
-    label = `${hello.role} channel from ${peer}`;
+  } catch (e) {
+    refuse(socket, e as Error, undefined);
+    throw e;
+  }
+  return answerHello(socket, hello, opts, `${hello.role} channel from ${peer}`, leftover);
+}
+
+/** Checks the dialler's hello against `opts` (refusing it with a reason), answers it and makes the channel. */
+function answerHello(socket: net.Socket, hello: Hello, opts: AcceptOptions, label: string, leftover: Buffer): { channel: Channel; hello: Hello } {
+  try {
     checkHello(hello, opts, label);
   } catch (e) {
     refuse(socket, e as Error, hello);
@@ -333,15 +342,7 @@ async function acceptTls(raw: net.Socket, opts: AcceptOptions, creds: TlsCredent
     refuse(socket, e, hello, hs.rejection.remote.reason);
     throw e;
   }
-  try {
-    checkHello(hello, opts, label);
-  } catch (e) {
-    refuse(socket, e as Error, hello);
-    throw e;
-  }
-  socket.write(encodeHello({ role: replyRole(hello.role), uuid: hello.uuid }));
-  const channel = new Channel(socket, { role: replyRole(hello.role), uuid: hello.uuid, label }, { limits: opts.limits, leftover, readRole: hello.role });
-  return { channel, hello };
+  return answerHello(socket, hello, opts, label, leftover);
 }
 
 /**
