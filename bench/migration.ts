@@ -16,11 +16,14 @@
 // "effective": RAM size / (total − setup). Run: `node --import tsx bench/migration.ts`.
 //
 // Warm memory: this machine is a Firecracker VM whose RAM the host backs lazily and takes
-// back (free page reporting): the first write to a guest-physical page the host does not
-// back costs a host fault (~0.4 GB/s here, against ~4 GB/s for UFFDIO_COPY into backed
-// memory). On bare metal there is no such cost. By default each run is preceded by touching
-// and freeing 3 GiB in a throwaway process, so both ends get backed memory and the figures
-// measure livemig rather than the VM; `--cold` skips that and shows the VM's first-touch cost.
+// back (free page reporting, 2 s after a page is freed): the first write to a guest-physical
+// page the host does not back costs a host fault (~0.4–0.7 GB/s here, against ~3 GB/s for
+// UFFDIO_COPY into backed memory). On bare metal there is no such cost. By default a throwaway
+// process touches 3 GiB and holds it until the source reports the migration started (status
+// `active` on its control socket), then frees it: the destination then allocates pages the
+// host still backs, and the figures measure livemig rather than the VM. (Freeing before the
+// processes start is not enough: the guests run `--migrate-after` ms first, and the host has
+// taken the memory back by then.) `--cold` skips that and shows the VM's first-touch cost.
 import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -128,12 +131,31 @@ export interface RunFigures {
 
 /** Touches and frees `gib` GiB in a child process, so the next allocations get host-backed pages. */
 export async function warmMemory(gib = 3): Promise<void> {
+  const w = holdWarmMemory(gib);
+  await w.ready;
+  await w.release();
+}
+
+/**
+ * A child process that touches `gib` GiB and holds it until `release()`, which frees it (the
+ * child exits). `ready` resolves once it is touched.
+ */
+export function holdWarmMemory(gib = 3): { ready: Promise<void>; release: () => Promise<void> } {
   const uffd = pathToFileURL(path.join(ROOT, 'packages/uffd/dist/index.js')).href;
-  const script = `import(${JSON.stringify(uffd)}).then((u) => { for (let i = 0; i < ${gib}; i++) { const m = u.mapAnonymous(2 ** 30); m.madvise('populate-write'); } })`;
-  await new Promise<void>((resolve, reject) => {
-    const child = spawn(process.execPath, ['-e', script], { stdio: 'inherit' });
-    child.once('exit', (code) => (code === 0 ? resolve() : reject(new Error(`warm-up exited ${code}`))));
+  const script = `import(${JSON.stringify(uffd)}).then((u) => { for (let i = 0; i < ${gib}; i++) u.mapAnonymous(2 ** 30).madvise('populate-write'); process.stdout.write('ready\\n'); process.stdin.resume(); process.stdin.on('end', () => process.exit(0)); })`;
+  const child = spawn(process.execPath, ['-e', script], { stdio: ['pipe', 'pipe', 'inherit'] });
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  const ready = new Promise<void>((resolve, reject) => {
+    child.stdout!.once('data', () => resolve());
+    void exited.then((code) => reject(new Error(`warm-up exited ${code} before it was ready`)));
   });
+  return {
+    ready,
+    release: async () => {
+      child.stdin!.end();
+      await exited;
+    },
+  };
 }
 
 let certDir: string | null = null;
@@ -151,28 +173,32 @@ function tlsArgs(): string[] {
 }
 
 export async function runOnce(s: Scenario, warm = true): Promise<RunFigures> {
-  if (warm) await warmMemory();
+  const held = warm ? holdWarmMemory() : null;
+  await held?.ready;
   const tls = s.tls ? tlsArgs() : [];
   const recv = run(['recv', '--listen', '127.0.0.1:0', '--json', ...tls, ...s.recv]);
   const addr = await recv.onErr(/listening on (\S+)/);
   let proxy: FaultProxy | null = null;
-  let ctl: QmpClient | null = null;
   let to = addr;
-  const extra: string[] = [];
   if (s.cutAfterMs !== undefined) {
     proxy = await FaultProxy.start({ target: addr });
     to = proxy.address;
-    extra.push('--control', path.join(os.tmpdir(), `livemig-bench-${process.pid}.sock`));
   }
-  const send = run(['send', '--to', to, '--json', ...tls, ...extra, ...s.send]);
+  const controlPath = path.join(os.tmpdir(), `livemig-bench-${process.pid}.sock`);
+  const send = run(['send', '--to', to, '--json', '--control', controlPath, ...tls, ...s.send]);
+  const ctl = await QmpClient.connect(controlPath);
+  const status = (want: (st: string) => boolean): Promise<unknown> =>
+    ctl.waitEvent((e) => e.event === 'MIGRATION' && (want(e.data?.status) || ['completed', 'failed', 'cancelled'].includes(e.data?.status)), 120_000);
+  // The warm memory goes back to the allocator the moment pages start to flow.
+  await status((st) => st !== 'setup' && st !== 'none');
+  await held?.release();
   if (proxy && s.cutAfterMs !== undefined) {
-    ctl = await QmpClient.connect(extra[1]!);
-    await ctl.waitEvent((e) => e.event === 'MIGRATION' && e.data?.status === 'postcopy-active', 60_000);
+    await status((st) => st === 'postcopy-active');
     await new Promise((r) => setTimeout(r, s.cutAfterMs));
     proxy.cut();
   }
   const [so, ro] = await Promise.all([send.done, recv.done]);
-  ctl?.close();
+  ctl.close();
   proxy?.close();
   if (so.code !== 0 || ro.code !== 0) throw new Error(`${s.name}: send exit ${so.code}, recv exit ${ro.code}\n${so.err}\n${ro.err}\n${so.out}\n${ro.out}`);
   const sr = last(so.out);

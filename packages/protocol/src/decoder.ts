@@ -64,12 +64,22 @@ export class FrameDecoder {
     return this.buffered;
   }
 
-  /** Queue a received chunk. It is referenced, not copied: do not modify it afterwards. */
+  /**
+   * Queue a received chunk. It is referenced, not copied: do not modify it afterwards. A chunk
+   * that continues the previous one in memory (reads into a ReadRing) joins it, so a payload
+   * spanning several reads is still one segment.
+   */
   push(chunk: Buffer | Uint8Array): void {
     if (this.failure) throw this.failure;
     const len = chunk.length;
     if (len === 0) return;
-    this.chunks.push(Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk.buffer, chunk.byteOffset, len));
+    const chunks = this.chunks;
+    const last = chunks.length > this.head ? chunks[chunks.length - 1]! : undefined;
+    if (last !== undefined && last.buffer === chunk.buffer && last.byteOffset + last.length === chunk.byteOffset) {
+      chunks[chunks.length - 1] = Buffer.from(last.buffer, last.byteOffset, last.length + len);
+    } else {
+      chunks.push(Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk.buffer, chunk.byteOffset, len));
+    }
     this.buffered += len;
   }
 

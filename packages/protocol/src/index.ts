@@ -26,5 +26,6 @@ export { EMPTY_PAYLOAD, toPayload, payloadToBuffer, forEachPageRun, type Payload
 export { validateMessage, expectedPayloadLength } from './validate.js';
 export { FrameEncoder, encodeHeader, encodeFrame } from './encoder.js';
 export { FrameDecoder, type DecoderOptions } from './decoder.js';
+export { ReadRing, type ReadRingOptions } from './read-ring.js';
 export { BlockTable } from './blocks.js';
 export { DiscardBatcher } from './discard.js';

@@ -18,7 +18,10 @@ import {
   type Frame,
   type Limits,
   type Message,
+  ReadRing,
+  type ReadRingOptions,
 } from '@livemig/protocol';
+import { moveToReadRing } from './ring-socket.js';
 
 export type FrameHandler = (frame: Frame) => void | Promise<void>;
 
@@ -52,26 +55,39 @@ export class Channel {
   private closeWaiters: Array<(err: Error | null) => void> = [];
   private drainWaiters: Array<(err?: Error) => void> = [];
 
-  constructor(socket: Socket, info: ChannelInfo, opts: { limits?: Partial<Limits>; leftover?: Buffer; readRole?: ChannelRole } = {}) {
-    this.socket = socket;
+  constructor(
+    socket: Socket,
+    info: ChannelInfo,
+    opts: { limits?: Partial<Limits>; leftover?: Buffer; readRole?: ChannelRole; readRing?: boolean | ReadRingOptions } = {},
+  ) {
     this.info = info;
     this.decoder = new FrameDecoder({ ...opts.limits, role: opts.readRole });
+    // A plaintext connection that brings page data reads into a ring (ring-socket.ts): no
+    // allocation per read, and a payload is one contiguous segment.
+    const moved = opts.readRing
+      ? moveToReadRing(socket, new ReadRing(opts.readRing === true ? {} : opts.readRing), () => this.decoder.bufferedBytes, (b) => this.onData(b))
+      : null;
+    if (moved) socket = moved.socket;
+    this.socket = socket;
+    this.readsIntoRing = moved !== null;
     socket.setNoDelay(true);
-    socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    if (!moved) socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('drain', () => this.flushDrainWaiters());
     socket.on('error', (err) => this.fail(new ChannelClosedError(info.label, `${(err as NodeJS.ErrnoException).code ?? ''} ${err.message}`.trim())));
     // The peer going away does not discard what it sent before: frames already received (an
     // ERROR saying why, typically) are delivered first, even if the handler is busy.
     socket.on('end', () => this.onPeerGone('connection closed by peer'));
     socket.on('close', () => this.onPeerGone('connection closed'));
-    if (opts.leftover && opts.leftover.length > 0) {
-      // Bytes that arrived with the hello: decode them once a handler is set.
-      const leftover = opts.leftover;
-      queueMicrotask(() => this.onData(leftover));
-    }
+    // Bytes that arrived with the hello (and, for a moved socket, what the old one read ahead):
+    // decode them once a handler is set, before anything read later.
+    const early = [opts.leftover, moved?.pending].filter((b): b is Buffer => b !== undefined && b !== null && b.length > 0);
+    if (early.length > 0) queueMicrotask(() => early.forEach((b) => this.onData(b)));
     // The hello reader paused the socket; a 'data' listener alone does not resume it.
     socket.resume();
   }
+
+  /** True when reads go into a ReadRing (a plaintext connection moved by ring-socket.ts). */
+  readonly readsIntoRing: boolean;
 
   /** Sets the frame handler; frames that arrived before are delivered now. */
   setHandler(handler: FrameHandler): void {

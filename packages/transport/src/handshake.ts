@@ -261,7 +261,8 @@ function answerHello(socket: net.Socket, hello: Hello, opts: AcceptOptions, labe
     throw e;
   }
   socket.write(encodeHello({ role: replyRole(hello.role), uuid: hello.uuid }));
-  const channel = new Channel(socket, { role: replyRole(hello.role), uuid: hello.uuid, label }, { limits: opts.limits, leftover, readRole: hello.role });
+  // Page data flows towards the accepting end: read it into a ring (plaintext only; see ring-socket.ts).
+  const channel = new Channel(socket, { role: replyRole(hello.role), uuid: hello.uuid, label }, { limits: opts.limits, leftover, readRole: hello.role, readRing: true });
   return { channel, hello };
 }
 

@@ -8,7 +8,7 @@ import { expect } from 'chai';
 import net from 'node:net';
 import { createHash } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { MsgType, ProtocolError, newMigrationId, payloadToBuffer, type Frame } from '@livemig/protocol';
+import { MsgType, ProtocolError, encodeFrame, encodeHello, newMigrationId, payloadToBuffer, type Frame } from '@livemig/protocol';
 import { acceptChannel, connectChannel, type Channel } from '@livemig/transport';
 
 const MiB = 1024 * 1024;
@@ -235,6 +235,32 @@ describe('Channel', function () {
     expect(got[0]!.frame.payload.segments.length, 'the payload should straddle several chunks').to.be.greaterThan(1);
     expect(sha(got[0]!.bytes)).to.equal(sha(big));
     expect(got[1]!.frame.msg).to.deep.equal({ type: MsgType.PING, id: 7 });
+  });
+
+  it('the accepting side of a plaintext connection reads into a ring (no allocation per read); the dialling side reads as usual', async () => {
+    const { main, ret } = await pair();
+    expect(ret.readsIntoRing).to.equal(true);
+    expect(main.readsIntoRing).to.equal(false);
+  });
+
+  it('frames sent in the same write as the hello reach a ring-reading acceptor intact and in order', async () => {
+    const { port, nextSocket } = await listen();
+    const uuid = newMigrationId();
+    const payloads = Array.from({ length: 40 }, (_, i) => pattern(64 * 4096, i + 1));
+    const raw = net.connect(port, '127.0.0.1');
+    sockets.push(raw);
+    raw.on('error', () => undefined);
+    // Hello and 10 MiB of frames at once: part arrives with the hello, part is read ahead by
+    // the accepted socket, the rest waits in the kernel when the connection moves to the ring.
+    raw.write(Buffer.concat([encodeHello({ role: 'main', uuid }), ...payloads.flatMap((p, i) => encodeFrame({ type: MsgType.PAGE_RUN, block: 'ram0', pageSize: 4096, offset: i * p.length, count: 64 }, p))]));
+    const socket = await nextSocket();
+    await sleep(50);
+    const { channel: ret } = await acceptChannel(socket);
+    channels.push(ret);
+    expect(ret.readsIntoRing).to.equal(true);
+    const got = collect(ret);
+    await until(() => got.length === payloads.length, 5000, 'every frame');
+    got.forEach((g, i) => expect(g.bytes.equals(payloads[i]!), `frame ${i}`).to.equal(true));
   });
 
   it('frames travel the other way too (return path to main)', async () => {
