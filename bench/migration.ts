@@ -189,8 +189,8 @@ export async function runOnce(s: Scenario, warm = true): Promise<RunFigures> {
   const ctl = await QmpClient.connect(controlPath);
   const status = (want: (st: string) => boolean): Promise<unknown> =>
     ctl.waitEvent((e) => e.event === 'MIGRATION' && (want(e.data?.status) || ['completed', 'failed', 'cancelled'].includes(e.data?.status)), 120_000);
-  // The warm memory goes back to the allocator the moment pages start to flow.
-  await status((st) => st !== 'setup' && st !== 'none');
+  // The warm memory goes back to the allocator as the migration sets up, just before pages flow.
+  await status((st) => st !== 'none');
   await held?.release();
   if (proxy && s.cutAfterMs !== undefined) {
     await status((st) => st === 'postcopy-active');
