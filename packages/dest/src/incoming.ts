@@ -752,20 +752,23 @@ class IncomingSession {
 
   /** Start the guest while pages are still missing; confirm so the source can measure downtime. */
   private async runGuest(): Promise<void> {
+    // The guest's pause, as seen here, runs from RUN's arrival to its vCPUs running.
+    this.stoppedAt = performance.now();
     if (!this.device) throw new Error('RUN without device state');
     const machine = this.machine!;
     machine.loadDevice(unpack(this.device));
     if (this.preparing) await this.preparing;
     this.blocktime = new Blocktime(machine.vcpuTids ?? []);
-    this.stoppedAt = performance.now();
     trace('dest', 'RUN: device loaded, vCPUs prepared');
     await machine.start({ fresh: false });
-    trace('dest', 'guest started (postcopy)');
     this.runAt = performance.now();
+    trace('dest', 'guest started (postcopy)');
     this.progressAtRun = sum(machine.progress?.() ?? []);
     this.postcopyBytesAtRun = this.placer!.placer.stats.dataBytes;
     this.report.mode = 'postcopy';
-    this.ch!.send({ type: MsgType.ACK, of: MsgType.RUN });
+    // How long RUN took here: with half a round trip, the source works out the guest's pause
+    // without counting the way back of this acknowledgement.
+    this.ch!.send({ type: MsgType.ACK, of: MsgType.RUN, info: { startedAfterUs: Math.round((this.runAt - this.stoppedAt) * 1000) } });
     this.progress();
   }
 

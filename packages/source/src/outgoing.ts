@@ -404,6 +404,26 @@ export class OutgoingMigration {
       // and that wait would count as downtime.
       await this.roundTrip();
       trace('source', 'destination caught up');
+      let rttMs = 0;
+      if (goPostcopy) {
+        // What the guest wrote while the destination caught up (tens of ms of writes) goes in
+        // a second early discard, so the sync and discard after the stop have only the last
+        // moment's writes to handle.
+        dirty.sync(blocks);
+        const second = this.sendDiscards(blocks);
+        earlyDiscard = {
+          ranges: earlyDiscard!.ranges + second.ranges,
+          commands: earlyDiscard!.commands + second.commands,
+          pages: earlyDiscard!.pages + second.pages,
+        };
+        await this.roundTrip();
+        trace('source', `second early discard: ${second.pages} pages`);
+        // One more round trip, over an idle link now, for the one-way time RUN takes (half of
+        // it) in the downtime figure.
+        const t = performance.now();
+        await this.roundTrip();
+        rttMs = performance.now() - t;
+      }
       if (!goPostcopy) {
         // --- stop and copy
         this.setPhase('stop-and-copy');
@@ -456,9 +476,17 @@ export class OutgoingMigration {
         // Postcopy runs at full speed unless told otherwise: the guest waits for these pages.
         this.limiter.setLimit(this.opts.maxPostcopyBandwidth ?? 0);
         this.send({ type: MsgType.RUN });
+        const runSentAt = performance.now();
         this.pointOfNoReturn = true; // from RUN on, the guest lives on the destination
+        let pauseMs: number | null = null;
         try {
-          await this.expect(MsgType.RUN);
+          const ack = await this.expect(MsgType.RUN);
+          // The guest ran again on the destination RUN's one-way trip plus the destination's
+          // own RUN time after RUN left here; the acknowledgement's way back is not downtime.
+          const startedAfterUs = (ack.msg as { info?: { startedAfterUs?: unknown } }).info?.startedAfterUs;
+          if (typeof startedAfterUs === 'number' && startedAfterUs >= 0) {
+            pauseMs = Math.min(performance.now() - stoppedAt, runSentAt - stoppedAt + rttMs / 2 + startedAfterUs / 1000);
+          }
         } catch (e) {
           // The link broke before RUN's acknowledgement: the migration pauses (and recovers
           // later, if the destination got RUN); the downtime figure then ends here.
@@ -466,7 +494,8 @@ export class OutgoingMigration {
           if (!this.paused) this.onLinkLost(null, e as Error);
         }
         trace('source', 'destination runs the guest (postcopy)');
-        report.downtimeMs = round1(performance.now() - stoppedAt);
+        report.downtimeAckedMs = round1(performance.now() - stoppedAt);
+        report.downtimeMs = pauseMs === null ? report.downtimeAckedMs : round1(pauseMs);
         dirty.stop();
         dirty = null;
         if (!this.paused) this.setPhase('postcopy');
