@@ -31,6 +31,9 @@ describe('precopy migration between two processes', function () {
     expect(rr.integrity.pages).to.equal(65536);
     for (const k of ['mode', 'totalTimeMs', 'setupTimeMs', 'downtimeMs', 'precopyRounds']) expect(sr).to.have.property(k);
     for (const k of ['totalBytes', 'transferredBytes', 'pagesNormal', 'pagesZero', 'precopyBytes', 'postcopyBytes', 'mbps']) expect(sr.ram).to.have.property(k);
+    // The guest's pause leaves out SHUT's way back, and nothing else.
+    expect(sr.downtimeMs).to.be.greaterThan(0);
+    expect(sr.downtimeAckedMs).to.be.at.least(sr.downtimeMs);
   });
 
   it('serves on the destination the kv keys written over HTTP before migration', async () => {

@@ -917,7 +917,8 @@ class IncomingSession {
     trace('dest', 'guest started');
     const startedAt = performance.now();
     this.state.to(DestState.COMPLETED, 'start');
-    this.ch!.send({ type: MsgType.SHUT, status: 'ok' });
+    // With its time from COMPLETE to running vCPUs, for the source's downtime figure.
+    this.ch!.send({ type: MsgType.SHUT, status: 'ok', startedAfterUs: Math.min(0xffffffff, Math.round((startedAt - this.completeAt) * 1000)) });
     await this.ch!.flushed().catch(() => undefined);
     this.finishReport(startedAt, startedAt - this.completeAt);
     this.done({ report: this.report, machine: this.machine });

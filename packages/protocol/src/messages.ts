@@ -192,6 +192,8 @@ export interface ShutMessage {
   type: typeof MsgType.SHUT;
   status: 'ok' | 'failed';
   reason?: string;
+  /** Precopy completion: µs from COMPLETE's arrival to running vCPUs (the source's downtime figure). */
+  startedAfterUs?: number;
 }
 /** Received-pages bitmap of a block (recovery); payload = ceil(pages/8) bytes, LSB-first. */
 export interface RecvBitmapMessage {

@@ -233,6 +233,7 @@ export function validateMessage(msg: Message, payloadLength: number): void {
       const s = m['status'];
       if (s !== 'ok' && s !== 'failed') fail('MALFORMED', `${name}.status: expected "ok" or "failed", got ${describe(s)}`);
       if (m['reason'] !== undefined) str(m['reason'], f('reason'), MAX_REASON_CHARS);
+      if (m['startedAfterUs'] !== undefined) uint(m['startedAfterUs'], f('startedAfterUs'), U32);
       break;
     }
     case MsgType.RECV_BITMAP:

@@ -15,7 +15,7 @@
  *   PING / PONG       i: id
  *   ACK               o: of, i?: info
  *   REQ_PAGES         b, o: offset, l: length
- *   SHUT              s: status, r?: reason
+ *   SHUT              s: status, r?: reason, u?: startedAfterUs
  *   RECV_BITMAP       b, n: pages
  *   ERROR             r: reason, c?: code
  *   DEVICE LISTEN RUN END COMPLETE RESUME RESUME_ACK: t only
@@ -43,7 +43,7 @@ const KEYS: Record<number, [string[], string[]]> = {
   [MsgType.PONG]: [['i'], []],
   [MsgType.ACK]: [['o'], ['i']],
   [MsgType.REQ_PAGES]: [['b', 'o', 'l'], []],
-  [MsgType.SHUT]: [['s'], ['r']],
+  [MsgType.SHUT]: [['s'], ['r', 'u']],
   [MsgType.RECV_BITMAP]: [['b', 'n'], []],
   [MsgType.RESUME]: [[], []],
   [MsgType.RESUME_ACK]: [[], []],
@@ -81,7 +81,12 @@ export function toWire(msg: Message): WireHeader {
     case MsgType.REQ_PAGES:
       return { t: msg.type, b: msg.block, o: msg.offset, l: msg.length };
     case MsgType.SHUT:
-      return msg.reason === undefined ? { t: msg.type, s: msg.status } : { t: msg.type, s: msg.status, r: msg.reason };
+      return {
+        t: msg.type,
+        s: msg.status,
+        ...(msg.reason === undefined ? {} : { r: msg.reason }),
+        ...(msg.startedAfterUs === undefined ? {} : { u: msg.startedAfterUs }),
+      };
     case MsgType.RECV_BITMAP:
       return { t: msg.type, b: msg.block, n: msg.pages };
     case MsgType.ERROR:
@@ -145,7 +150,7 @@ export function fromWire(h: unknown): Message {
     case MsgType.REQ_PAGES:
       return { type: t, block: w['b'], offset: w['o'], length: w['l'] } as Message;
     case MsgType.SHUT:
-      return ('r' in w ? { type: t, status: w['s'], reason: w['r'] } : { type: t, status: w['s'] }) as Message;
+      return { type: t, status: w['s'], ...('r' in w ? { reason: w['r'] } : {}), ...('u' in w ? { startedAfterUs: w['u'] } : {}) } as Message;
     case MsgType.RECV_BITMAP:
       return { type: t, block: w['b'], pages: w['n'] } as Message;
     case MsgType.ERROR:

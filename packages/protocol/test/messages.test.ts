@@ -35,6 +35,15 @@ describe('messages', () => {
     }
   });
 
+  it('SHUT carries the destination\'s start time (startedAfterUs), alone or with a reason', () => {
+    for (const msg of [
+      { type: MsgType.SHUT, status: 'ok', startedAfterUs: 1234 },
+      { type: MsgType.SHUT, status: 'failed', reason: 'x', startedAfterUs: 0 },
+    ] as const) {
+      expect(decodeOne(Buffer.concat(encodeFrame(msg))).msg).to.deep.equal(msg);
+    }
+  });
+
   it('msgTypeName names known and unknown types', () => {
     expect(msgTypeName(MsgType.REQ_PAGES)).to.equal('REQ_PAGES');
     expect(msgTypeName(99)).to.equal('type 99');

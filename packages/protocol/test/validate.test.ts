@@ -113,6 +113,7 @@ const rules: Rule[] = [
   // SHUT, RECV_BITMAP, ERROR
   { what: 'a SHUT status other than ok/failed', header: { t: T.SHUT, s: 'maybe' }, code: 'MALFORMED', message: 'SHUT.status: expected "ok" or "failed", got "maybe"' },
   { what: 'a SHUT reason over 4096 chars', header: { t: T.SHUT, s: 'failed', r: 'x'.repeat(4097) }, code: 'OVERSIZED', message: 'SHUT.reason: 4097 chars exceeds 4096' },
+  { what: 'a negative SHUT startedAfterUs', header: { t: T.SHUT, s: 'ok', u: -5 }, code: 'RANGE', message: 'SHUT.startedAfterUs' },
   { what: 'a RECV_BITMAP payload that is not ceil(pages/8)', header: { t: T.RECV_BITMAP, b: 'ram0', n: 9 }, payload: 1, code: 'MALFORMED', message: 'RECV_BITMAP: payload is 1 bytes, message implies 2' },
   { what: 'a RECV_BITMAP of 0 pages', header: { t: T.RECV_BITMAP, b: 'ram0', n: 0 }, code: 'RANGE', message: 'RECV_BITMAP.pages' },
   { what: 'an ERROR with an empty reason', header: { t: T.ERROR, r: '' }, code: 'MALFORMED', message: 'ERROR.reason: must not be empty' },

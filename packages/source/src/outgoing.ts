@@ -405,7 +405,13 @@ export class OutgoingMigration {
       await this.roundTrip();
       trace('source', 'destination caught up');
       let rttMs = 0;
-      if (goPostcopy) {
+      if (!goPostcopy) {
+        // One more round trip, over an idle link now, for the one-way time COMPLETE takes
+        // (half of it) in the downtime figure.
+        const t = performance.now();
+        await this.roundTrip();
+        rttMs = performance.now() - t;
+      } else {
         // What the guest wrote while the destination caught up (tens of ms of writes) goes in
         // a second early discard, so the sync and discard after the stop have only the last
         // moment's writes to handle.
@@ -436,10 +442,17 @@ export class OutgoingMigration {
         trace('source', 'final dirty sync');
         await this.sendDirty(sender, blocks, () => false);
         trace('source', 'last pages sent');
-        this.send({ type: MsgType.DEVICE }, pack(this.machine.saveDevice()));
         // The destination stops its fault thread (and with it the preempt channel) on COMPLETE.
         this.ending = true;
-        this.send({ type: MsgType.COMPLETE });
+        // DEVICE and COMPLETE in one write: one wakeup of the destination, not two.
+        ch.cork();
+        try {
+          this.send({ type: MsgType.DEVICE }, pack(this.machine.saveDevice()));
+          this.send({ type: MsgType.COMPLETE });
+        } finally {
+          ch.uncork();
+        }
+        const completeSentAt = performance.now();
         // From here the destination may start the guest at any moment: if the answer is lost,
         // resuming here could run it twice. Only an explicit refusal gives it back.
         this.pointOfNoReturn = true;
@@ -449,7 +462,13 @@ export class OutgoingMigration {
           this.pointOfNoReturn = false; // the destination says it did not start the guest
           throw new Error(`destination failed to start the guest: ${(shut.msg as { reason?: string }).reason ?? 'no reason given'}`);
         }
-        report.downtimeMs = round1(performance.now() - stoppedAt);
+        report.downtimeAckedMs = round1(performance.now() - stoppedAt);
+        report.downtimeMs = report.downtimeAckedMs;
+        // The guest's pause ended on the destination, half a round trip plus its own start time
+        // after COMPLETE left here; SHUT's way back is not downtime.
+        if (shut.msg.startedAfterUs !== undefined) {
+          report.downtimeMs = round1(Math.min(report.downtimeAckedMs, completeSentAt - stoppedAt + rttMs / 2 + shut.msg.startedAfterUs / 1000));
+        }
         precopyBytes = sender.stats.dataBytes;
       } else {
         // --- postcopy switchover, in QEMU's order

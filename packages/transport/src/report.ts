@@ -82,15 +82,14 @@ export interface MigrationReport {
   totalTimeMs: number;
   setupTimeMs: number;
   /**
-   * Time the guest ran nowhere. Source, precopy: from stopping its vCPUs until the
-   * destination confirmed it runs the guest (includes the confirmation's trip back).
-   * Source, postcopy: from stopping its vCPUs until RUN left, plus half a round trip measured
-   * just before the stop, plus the destination's own time from RUN to running vCPUs (sent
-   * back with its acknowledgement); never more than `downtimeAckedMs`. Destination: from the
-   * last command (COMPLETE or RUN) until its vCPUs ran.
+   * Time the guest ran nowhere. Source: from stopping its vCPUs until the last command
+   * (COMPLETE in precopy, RUN in postcopy) left, plus half a round trip measured just before
+   * the stop, plus the destination's own time from that command to running vCPUs (sent back
+   * in SHUT or the ACK of RUN); never more than `downtimeAckedMs`. Destination: from the last
+   * command's arrival until its vCPUs ran.
    */
   downtimeMs: number;
-  /** Source, postcopy: from stopping its vCPUs until the destination's acknowledgement of RUN arrived. */
+  /** Source: from stopping its vCPUs until the destination's confirmation (SHUT or the ACK of RUN) arrived. */
   downtimeAckedMs?: number;
   precopyRounds: number;
   ram: RamReport;
