@@ -115,6 +115,8 @@ function last(out: string): Report {
 export interface RunFigures {
   totalMs: number;
   downtimeMs: number;
+  /** Source: stop → the destination's confirmation arrived (downtimeMs leaves out its way back). */
+  downtimeAckedMs: number;
   setupMs: number;
   pageDataGBps: number;
   effectiveGBps: number;
@@ -219,6 +221,7 @@ export async function runOnce(s: Scenario, warm = true): Promise<RunFigures> {
   return {
     totalMs: sr.totalTimeMs,
     downtimeMs: sr.downtimeMs,
+    downtimeAckedMs: sr.downtimeAckedMs ?? sr.downtimeMs,
     setupMs: sr.setupTimeMs,
     pageDataGBps: dataBytes / moveMs / 1e6,
     effectiveGBps: sr.ram.totalBytes / moveMs / 1e6,
@@ -264,12 +267,12 @@ export async function runMigrationBench(opts: { runs?: number; only?: string[]; 
 }
 
 export function printMigrationTable(results: ScenarioResult[]): void {
-  console.log('scenario           total ms  downtime ms  data GB/s  eff GB/s  blocktime ms    req  lat p50/p99 µs  recovery ms  dest RSS/RAM MiB  bad');
+  console.log('scenario           total ms  downtime ms  (acked)  data GB/s  eff GB/s  blocktime ms    req  lat p50/p99 µs  recovery ms  dest RSS/RAM MiB  bad');
   for (const r of results) {
     const m = r.median;
     const lat = m.latencyP50Us !== undefined ? `${m.latencyP50Us}/${m.latencyP99Us}` : '-';
     console.log(
-      `${r.name.padEnd(18)} ${String(m.totalMs).padStart(8)}  ${String(m.downtimeMs).padStart(11)}  ${String(m.pageDataGBps).padStart(9)}  ${String(m.effectiveGBps).padStart(8)}  ${String(m.blocktimeMs ?? '-').padStart(12)}  ${String(m.requests ?? '-').padStart(5)}  ${lat.padStart(14)}  ${String(m.recoveryMs ?? '-').padStart(11)}  ${`${m.destPeakRssMiB}/${m.ramMiB}`.padStart(16)}  ${m.bad}`,
+      `${r.name.padEnd(18)} ${String(m.totalMs).padStart(8)}  ${String(m.downtimeMs).padStart(11)}  ${String(m.downtimeAckedMs ?? '-').padStart(7)}  ${String(m.pageDataGBps).padStart(9)}  ${String(m.effectiveGBps).padStart(8)}  ${String(m.blocktimeMs ?? '-').padStart(12)}  ${String(m.requests ?? '-').padStart(5)}  ${lat.padStart(14)}  ${String(m.recoveryMs ?? '-').padStart(11)}  ${`${m.destPeakRssMiB}/${m.ramMiB}`.padStart(16)}  ${m.bad}`,
     );
   }
 }

@@ -290,6 +290,8 @@ describe('TLS (certificates made once for this file)', function () {
       expect(ret.info.label).to.contain('client certificate CN=livemig-client');
       // the TLS socket wraps the TCP handle itself, not a JS stream
       expect((ms as unknown as { _handle?: { constructor: { name: string } } })._handle?.constructor.name).to.equal('TLSWrap');
+      // OpenSSL owns the connection's reads: the accepting side stays off the receive ring
+      expect(ret.readsIntoRing).to.equal(false);
       await exchange(main, ret);
     });
 
