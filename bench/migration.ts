@@ -19,11 +19,11 @@
 // back (free page reporting, 2 s after a page is freed): the first write to a guest-physical
 // page the host does not back costs a host fault (~0.4–0.7 GB/s here, against ~3 GB/s for
 // UFFDIO_COPY into backed memory). On bare metal there is no such cost. By default a throwaway
-// process touches 3 GiB and holds it until the source reports the migration started (status
-// `active` on its control socket), then frees it: the destination then allocates pages the
-// host still backs, and the figures measure livemig rather than the VM. (Freeing before the
-// processes start is not enough: the guests run `--migrate-after` ms first, and the host has
-// taken the memory back by then.) `--cold` skips that and shows the VM's first-touch cost.
+// process touches 3 GiB and frees it about half a second before the migration starts (the
+// source's `--migrate-after`; before the processes start when that is under a second): the
+// destination then allocates pages the host still backs, and the figures measure livemig
+// rather than the VM. (Freeing it earlier is not enough: the host takes it back within 2 s.)
+// `--cold` skips that and shows the VM's first-touch cost.
 import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -131,13 +131,6 @@ export interface RunFigures {
   bad: number;
 }
 
-/** Touches and frees `gib` GiB in a child process, so the next allocations get host-backed pages. */
-export async function warmMemory(gib = 3): Promise<void> {
-  const w = holdWarmMemory(gib);
-  await w.ready;
-  await w.release();
-}
-
 /**
  * A child process that touches `gib` GiB and holds it until `release()`, which frees it (the
  * child exits). `ready` resolves once it is touched.
@@ -175,7 +168,8 @@ function tlsArgs(): string[] {
 }
 
 export async function runOnce(s: Scenario, warm = true): Promise<RunFigures> {
-  const migrateAfter = Number(s.send[s.send.indexOf('--migrate-after') + 1] ?? 0);
+  const at = s.send.indexOf('--migrate-after');
+  const migrateAfter = at >= 0 ? Number(s.send[at + 1]) : 0;
   let held = warm ? holdWarmMemory() : null;
   await held?.ready;
   if (held && migrateAfter < 1000) {
@@ -193,11 +187,10 @@ export async function runOnce(s: Scenario, warm = true): Promise<RunFigures> {
     proxy = await FaultProxy.start({ target: addr });
     to = proxy.address;
   }
-  const controlPath = path.join(os.tmpdir(), `livemig-bench-${process.pid}.sock`);
-  const send = run(['send', '--to', to, '--json', '--control', controlPath, ...tls, ...s.send]);
-  const ctl = await QmpClient.connect(controlPath);
-  const status = (want: (st: string) => boolean): Promise<unknown> =>
-    ctl.waitEvent((e) => e.event === 'MIGRATION' && (want(e.data?.status) || ['completed', 'failed', 'cancelled'].includes(e.data?.status)), 120_000);
+  // The recovery scenario watches the source's control socket for postcopy to begin.
+  const controlPath = proxy ? path.join(os.tmpdir(), `livemig-bench-${process.pid}.sock`) : null;
+  const send = run(['send', '--to', to, '--json', ...(controlPath ? ['--control', controlPath] : []), ...tls, ...s.send]);
+  const ctl = controlPath ? await QmpClient.connect(controlPath) : null;
   if (held) {
     // The warm memory goes back to the allocator about half a second before the migration
     // starts: late enough that the host still backs it while the destination fills its RAM,
@@ -205,13 +198,13 @@ export async function runOnce(s: Scenario, warm = true): Promise<RunFigures> {
     await new Promise((r) => setTimeout(r, migrateAfter - 500));
     await held.release();
   }
-  if (proxy && s.cutAfterMs !== undefined) {
-    await status((st) => st === 'postcopy-active');
+  if (proxy && ctl && s.cutAfterMs !== undefined) {
+    await ctl.waitEvent((e) => e.event === 'MIGRATION' && e.data?.status === 'postcopy-active', 60_000);
     await new Promise((r) => setTimeout(r, s.cutAfterMs));
     proxy.cut();
   }
   const [so, ro] = await Promise.all([send.done, recv.done]);
-  ctl.close();
+  ctl?.close();
   proxy?.close();
   if (so.code !== 0 || ro.code !== 0) throw new Error(`${s.name}: send exit ${so.code}, recv exit ${ro.code}\n${so.err}\n${ro.err}\n${so.out}\n${ro.out}`);
   const sr = last(so.out);

@@ -397,39 +397,28 @@ export class OutgoingMigration {
       // the destination now, while the guest still runs here, rather than during the downtime
       // (they have to be sent again anyway). Only what the guest writes from now until it
       // stops is left for the discard after the stop.
-      let earlyDiscard: { ranges: number; commands: number; pages: number } | null = null;
+      let earlyDiscard: DiscardCounts | null = null;
       if (goPostcopy) earlyDiscard = this.sendDiscards(blocks);
       // Let the destination catch up with everything queued so far before the guest stops:
       // the switchover messages would otherwise wait behind megabytes of buffered pages,
       // and that wait would count as downtime.
       await this.roundTrip();
       trace('source', 'destination caught up');
-      let rttMs = 0;
-      if (!goPostcopy) {
-        // One more round trip, over an idle link now, for the one-way time COMPLETE takes
-        // (half of it) in the downtime figure.
-        const t = performance.now();
-        await this.roundTrip();
-        rttMs = performance.now() - t;
-      } else {
+      if (goPostcopy) {
         // What the guest wrote while the destination caught up (tens of ms of writes) goes in
         // a second early discard, so the sync and discard after the stop have only the last
         // moment's writes to handle.
         dirty.sync(blocks);
         const second = this.sendDiscards(blocks);
-        earlyDiscard = {
-          ranges: earlyDiscard!.ranges + second.ranges,
-          commands: earlyDiscard!.commands + second.commands,
-          pages: earlyDiscard!.pages + second.pages,
-        };
+        earlyDiscard = addDiscards(earlyDiscard!, second);
         await this.roundTrip();
         trace('source', `second early discard: ${second.pages} pages`);
-        // One more round trip, over an idle link now, for the one-way time RUN takes (half of
-        // it) in the downtime figure.
-        const t = performance.now();
-        await this.roundTrip();
-        rttMs = performance.now() - t;
       }
+      // One more round trip, over an idle link now, for the one-way time of the last command
+      // (COMPLETE or RUN; half of it) in the downtime figure.
+      const rttStart = performance.now();
+      await this.roundTrip();
+      const rttMs = performance.now() - rttStart;
       if (!goPostcopy) {
         // --- stop and copy
         this.setPhase('stop-and-copy');
@@ -462,13 +451,9 @@ export class OutgoingMigration {
           this.pointOfNoReturn = false; // the destination says it did not start the guest
           throw new Error(`destination failed to start the guest: ${(shut.msg as { reason?: string }).reason ?? 'no reason given'}`);
         }
-        report.downtimeAckedMs = round1(performance.now() - stoppedAt);
-        report.downtimeMs = report.downtimeAckedMs;
-        // The guest's pause ended on the destination, half a round trip plus its own start time
-        // after COMPLETE left here; SHUT's way back is not downtime.
-        if (shut.msg.startedAfterUs !== undefined) {
-          report.downtimeMs = round1(Math.min(report.downtimeAckedMs, completeSentAt - stoppedAt + rttMs / 2 + shut.msg.startedAfterUs / 1000));
-        }
+        const ackedAt = performance.now();
+        report.downtimeAckedMs = round1(ackedAt - stoppedAt);
+        report.downtimeMs = round1(guestPauseMs(stoppedAt, completeSentAt, ackedAt, rttMs, shut.msg.startedAfterUs));
         precopyBytes = sender.stats.dataBytes;
       } else {
         // --- postcopy switchover, in QEMU's order
@@ -488,7 +473,7 @@ export class OutgoingMigration {
         // its own wakes the destination, and on this 2-core machine the wakeup costs the sender
         // its CPU for ~0.4 ms — three times over, in the middle of the downtime.
         ch.cork();
-        let late: { ranges: number; commands: number; pages: number };
+        let late: DiscardCounts;
         try {
           late = this.sendDiscards(blocks);
           this.send({ type: MsgType.DEVICE }, pack(this.machine.saveDevice()));
@@ -498,22 +483,13 @@ export class OutgoingMigration {
           ch.uncork();
         }
         const runSentAt = performance.now();
-        report.discard = {
-          ranges: late.ranges + (earlyDiscard?.ranges ?? 0),
-          commands: late.commands + (earlyDiscard?.commands ?? 0),
-          pages: late.pages + (earlyDiscard?.pages ?? 0),
-        };
+        report.discard = earlyDiscard ? addDiscards(earlyDiscard, late) : late;
         trace('source', `discards (${report.discard.ranges} ranges), device state, LISTEN and RUN sent`);
         this.pointOfNoReturn = true; // from RUN on, the guest lives on the destination
-        let pauseMs: number | null = null;
+        let startedAfterUs: unknown;
         try {
           const ack = await this.expect(MsgType.RUN);
-          // The guest ran again on the destination RUN's one-way trip plus the destination's
-          // own RUN time after RUN left here; the acknowledgement's way back is not downtime.
-          const startedAfterUs = (ack.msg as { info?: { startedAfterUs?: unknown } }).info?.startedAfterUs;
-          if (typeof startedAfterUs === 'number' && startedAfterUs >= 0) {
-            pauseMs = Math.min(performance.now() - stoppedAt, runSentAt - stoppedAt + rttMs / 2 + startedAfterUs / 1000);
-          }
+          startedAfterUs = (ack.msg as { info?: { startedAfterUs?: unknown } }).info?.startedAfterUs;
         } catch (e) {
           // The link broke before RUN's acknowledgement: the migration pauses (and recovers
           // later, if the destination got RUN); the downtime figure then ends here.
@@ -521,8 +497,10 @@ export class OutgoingMigration {
           if (!this.paused) this.onLinkLost(null, e as Error);
         }
         trace('source', 'destination runs the guest (postcopy)');
-        report.downtimeAckedMs = round1(performance.now() - stoppedAt);
-        report.downtimeMs = pauseMs === null ? report.downtimeAckedMs : round1(pauseMs);
+        const ackedAt = performance.now();
+        report.downtimeAckedMs = round1(ackedAt - stoppedAt);
+        // A link lost before the acknowledgement leaves no start time: the figure ends here.
+        report.downtimeMs = round1(guestPauseMs(stoppedAt, runSentAt, ackedAt, rttMs, startedAfterUs));
         dirty.stop();
         dirty = null;
         if (!this.paused) this.setPhase('postcopy');
@@ -627,7 +605,7 @@ export class OutgoingMigration {
    * DISCARD every page written since it was sent (dirty and sent); at most 12 ranges a
    * command. Those pages count as unsent afterwards.
    */
-  private sendDiscards(blocks: BlockState[]): { ranges: number; commands: number; pages: number } {
+  private sendDiscards(blocks: BlockState[]): DiscardCounts {
     const batcher = new DiscardBatcher((msg) => this.send(msg));
     let pages = 0;
     for (const b of blocks) {
@@ -988,4 +966,24 @@ function bestBandwidth(rounds: RoundReport[], limit: number): number {
   for (const r of rounds) if (r.bytes >= 1024 * 1024 && r.bandwidth > best) best = r.bandwidth;
   if (best === 0 && rounds.length > 0) best = rounds[rounds.length - 1]!.bandwidth;
   return limit > 0 ? Math.min(best, limit) : best;
+}
+
+type DiscardCounts = { ranges: number; commands: number; pages: number };
+
+function addDiscards(a: DiscardCounts, b: DiscardCounts): DiscardCounts {
+  return { ranges: a.ranges + b.ranges, commands: a.commands + b.commands, pages: a.pages + b.pages };
+}
+
+/**
+ * The guest's pause, from the stop here to running vCPUs on the destination: until the last
+ * command (COMPLETE or RUN) left at `lastSentAt`, plus its one-way trip (half the round trip
+ * `rttMs` measured just before the stop), plus the destination's own time from that command
+ * to running vCPUs, which it sends back. The confirmation's way back (it arrived at `ackedAt`)
+ * is not downtime. Without that time (an older destination, a lost link) the pause runs to
+ * `ackedAt`, and it never runs past it.
+ */
+function guestPauseMs(stoppedAt: number, lastSentAt: number, ackedAt: number, rttMs: number, startedAfterUs: unknown): number {
+  const untilAck = ackedAt - stoppedAt;
+  if (typeof startedAfterUs !== 'number' || !(startedAfterUs >= 0)) return untilAck;
+  return Math.min(untilAck, lastSentAt - stoppedAt + rttMs / 2 + startedAfterUs / 1000);
 }
