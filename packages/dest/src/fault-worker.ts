@@ -209,15 +209,27 @@ async function runLoop(data: FaultWorkerData): Promise<void> {
   const stopWatch = watchFd(data.stopFd, () => {
     try {
       stop.drain();
-      faults.close();
       stopWatch.close();
-      preempt.close();
-      flushPlaced();
-      parentPort!.postMessage({ type: 'stopped', preempt: preempt.stats });
-      parentPort!.close();
     } catch (e) {
       fail(e);
+      return;
     }
+    // Frames the source sent on the preempt channel before END are in its receive buffer by
+    // now, but this poll round may have woken for the stop alone. One more non-blocking round
+    // reads them, so the channel's figures count every page that arrived before the end.
+    setImmediate(() =>
+      setImmediate(() => {
+        try {
+          faults.close();
+          preempt.close();
+          flushPlaced();
+          parentPort!.postMessage({ type: 'stopped', preempt: preempt.stats });
+          parentPort!.close();
+        } catch (e) {
+          fail(e);
+        }
+      }),
+    );
   });
   parentPort!.on('message', (m: PreemptAttachMessage | PreemptDropMessage) => {
     if (m.type === 'preempt-drop') {
