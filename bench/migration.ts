@@ -207,6 +207,13 @@ export async function runOnce(s: Scenario, warm = true): Promise<RunFigures> {
   ctl?.close();
   proxy?.close();
   if (so.code !== 0 || ro.code !== 0) throw new Error(`${s.name}: send exit ${so.code}, recv exit ${ro.code}\n${so.err}\n${ro.err}\n${so.out}\n${ro.out}`);
+  if (process.env.LIVEMIG_BENCH_LOG) {
+    // Each run's stderr (with LIVEMIG_TRACE=1, the phase timings of both ends) for later reading.
+    fs.mkdirSync(process.env.LIVEMIG_BENCH_LOG, { recursive: true });
+    const stem = path.join(process.env.LIVEMIG_BENCH_LOG, `${s.name}-${Date.now()}`);
+    fs.writeFileSync(`${stem}.send.err`, so.err);
+    fs.writeFileSync(`${stem}.recv.err`, ro.err);
+  }
   const sr = last(so.out);
   const rr = last(ro.out);
   const moveMs = sr.totalTimeMs - sr.setupTimeMs;
