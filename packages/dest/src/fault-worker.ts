@@ -3,7 +3,7 @@
  * userfaultfd and a stop eventfd, reads fault messages in batches and, for each vCPU fault on
  * a page:
  *   - already present (a racing placement woke the thread): UFFDIO_WAKE, nothing else;
- *   - known zero (sent as a zero page, left unmapped): maps the zero page itself, no request,
+ *   - known zero (sent as a zero page, left unmapped): fills it with zeros itself, no request,
  *     and with it every other known-zero page of the same 2 MiB window (a guest that touches
  *     one page of a zero area touches its neighbours next: one fault instead of 512);
  *   - missing: marks it requested in the shared page-state array and reports it as new (with
@@ -46,11 +46,11 @@ const PRESENT = 1;
 const REQUESTED = 2;
 const ZERO = 3;
 
-/** Pages in the window mapped at once around a fault on a known-zero page. */
+/** Pages in the window filled at once around a fault on a known-zero page. */
 const ZERO_WINDOW_BYTES = 2 * 1024 * 1024;
 
 /**
- * Maps the zero page over every known-zero page in the aligned window around `page` (claiming
+ * Fills every known-zero page in the aligned window around `page` with zeros (claiming
  * each by compare-and-swap, so the main thread and this thread never both place one).
  */
 function mapZeroWindow(uffd: Userfaultfd, b: { name: string; addr: number; pageSize: number; states: Uint8Array }, page: number): void {

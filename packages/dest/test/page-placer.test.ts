@@ -5,6 +5,7 @@
  * "missing in the kernel" is checked with UFFDIO_ZEROPAGE, which fails with EEXIST on a
  * present page.
  */
+import fs from 'node:fs';
 import { expect } from 'chai';
 import { ALREADY_PRESENT, Userfaultfd, mapAnonymous, type Mapping } from '@livemig/uffd';
 import { PAGE_MISSING, PAGE_PRESENT, PAGE_REQUESTED, PAGE_ZERO, PagePlacer, type PlacerBlock } from '@livemig/dest';
@@ -38,6 +39,19 @@ function release(): void {
 function kernelHas(p: number): boolean {
   const r = uffd.zeropage(ram.addr + p * PS, PS);
   return r === ALREADY_PRESENT;
+}
+
+/** The page frame number behind `addr` from /proc/self/pagemap (0 when not present; needs root). */
+function pageFrame(addr: number): bigint {
+  const fd = fs.openSync('/proc/self/pagemap', 'r');
+  try {
+    const entry = Buffer.alloc(8);
+    fs.readSync(fd, entry, 0, 8, (addr / PS) * 8);
+    const v = entry.readBigUInt64LE(0);
+    return v >> 63n ? v & ((1n << 55n) - 1n) : 0n;
+  } finally {
+    fs.closeSync(fd);
+  }
 }
 
 beforeEach(() => {
@@ -163,22 +177,36 @@ describe('PagePlacer', () => {
       expect(read(1, 15).equals(Buffer.alloc(15 * PS))).to.equal(true);
     });
 
-    it('in postcopy maps the zero page at once (a vCPU may wait for it) and marks it present', () => {
+    it('in postcopy records missing pages as zero and maps nothing (the fault thread fills them when touched)', () => {
       placer.postcopy = true;
       placer.placeZero(b, 8, 4);
-      expect(states().slice(8, 12)).to.deep.equal([1, 1, 1, 1]);
-      expect(read(8, 4).equals(Buffer.alloc(4 * PS))).to.equal(true);
+      expect(states().slice(7, 13)).to.deep.equal([PAGE_MISSING, PAGE_ZERO, PAGE_ZERO, PAGE_ZERO, PAGE_ZERO, PAGE_MISSING]);
       expect(placer.stats).to.deep.include({ pagesZero: 4, received: 4 });
-      expect(kernelHas(9)).to.equal(true);
+      expect(kernelHas(9), 'a zero page must not be mapped before it is touched').to.equal(false);
     });
 
-    it('in postcopy maps a page recorded as zero in precopy without counting it again', () => {
+    it('in postcopy fills a page a vCPU waits for (requested) with zeros at once and reports it placed', () => {
+      placer.postcopy = true;
+      const placed: number[] = [];
+      placer.onRequestedPlaced = (_b, page) => placed.push(page);
+      b.state[9] = PAGE_REQUESTED;
+      b.state[10] = PAGE_REQUESTED;
+      placer.placeZero(b, 8, 4);
+      expect(states().slice(8, 12)).to.deep.equal([PAGE_ZERO, PAGE_PRESENT, PAGE_PRESENT, PAGE_ZERO]);
+      expect(placed).to.deep.equal([9, 10]);
+      expect(placer.stats.received).to.equal(4);
+      expect(kernelHas(8)).to.equal(false);
+      expect(kernelHas(9)).to.equal(true);
+      release();
+      expect(read(8, 4).equals(Buffer.alloc(4 * PS))).to.equal(true);
+    });
+
+    it('in postcopy does not count again a page recorded as zero in precopy', () => {
       placer.placeZero(b, 0, 2);
       placer.postcopy = true;
       placer.placeZero(b, 0, 2);
-      expect(states().slice(0, 2)).to.deep.equal([1, 1]);
+      expect(states().slice(0, 2)).to.deep.equal([PAGE_ZERO, PAGE_ZERO]);
       expect(placer.stats.received).to.equal(2);
-      expect(read(0, 2).equals(Buffer.alloc(2 * PS))).to.equal(true);
     });
 
     it('in precopy clears a present page', () => {
@@ -187,6 +215,16 @@ describe('PagePlacer', () => {
       expect(read(0).equals(Buffer.alloc(PS))).to.equal(true);
       expect(b.state[0]).to.equal(PAGE_PRESENT);
       expect(placer.stats.received).to.equal(1);
+    });
+
+    it('zeroIn places each zero page as a page of its own, not the shared zero page', () => {
+      placer.zeroIn(b, 4, 8);
+      expect(states().slice(4, 8)).to.deep.equal([1, 1, 1, 1]);
+      const frames = [4, 5, 6, 7].map((p) => pageFrame(ram.addr + p * PS));
+      expect(frames.every((f) => f !== 0n), 'every page present').to.equal(true);
+      expect(new Set(frames).size, 'four distinct page frames').to.equal(4);
+      release();
+      expect(read(4, 4).equals(Buffer.alloc(4 * PS))).to.equal(true);
     });
 
     it('in postcopy leaves a present page alone', () => {

@@ -64,7 +64,7 @@ export function forEachPageRun(
     let off = 0;
     if (fill > 0) {
       const take = Math.min(pageSize - fill, len);
-      seg.copy(page, fill, 0, take);
+      page.set(seg.subarray(0, take), fill);
       fill += take;
       off = take;
       if (fill < pageSize) continue;
@@ -79,7 +79,7 @@ export function forEachPageRun(
       off = end;
     }
     if (off < len) {
-      seg.copy(page, 0, off, len);
+      page.set(seg.subarray(off, len), 0);
       fill = len - off;
     }
   }

@@ -32,6 +32,7 @@ import {
   trace,
 } from '@livemig/transport';
 import { PagemapScanner, hostHasSwap, type Mapping } from '@livemig/uffd';
+import { turnEventLoop } from './event-loop.js';
 import { PageBitmap } from './page-bitmap.js';
 import { PageSender, type SendBlock } from './page-sender.js';
 import { RateLimiter } from './rate-limiter.js';
@@ -129,8 +130,12 @@ export interface BlockState extends SendBlock {
 }
 
 const ACK_TIMEOUT_MS = 30_000;
-/** Pages in one precopy batch (4 MiB of 4 KiB pages). */
+/**
+ * A precopy batch holds at most this many pages that may hold data (4 MiB of 4 KiB pages)...
+ */
 const PRECOPY_BATCH = 1024;
+/** ...and spans at most this many pages (never-populated pages cost neither a read nor a byte). */
+const PRECOPY_BATCH_SPAN = 32768;
 
 export class CancelledError extends Error {
   constructor(why = 'migration cancelled') {
@@ -633,10 +638,12 @@ export class OutgoingMigration {
       while (p >= 0) {
         this.checkAbort();
         if (interrupt()) return { bytes, interrupted: true };
-        const end = b.dirty.nextClear(p, p + PRECOPY_BATCH);
+        const end = b.populated.endAfterSet(p, PRECOPY_BATCH, b.dirty.nextClear(p, p + PRECOPY_BATCH_SPAN));
         b.dirty.clearRange(p, end);
         b.sent.setRange(p, end);
         bytes += await sender.sendRange(b, p, end - p);
+        // Frames from the destination (PONG, SHUT) and control commands are read in the I/O phase.
+        await turnEventLoop();
         p = b.dirty.nextSet(end);
       }
     }

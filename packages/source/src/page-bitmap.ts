@@ -130,6 +130,18 @@ export class PageBitmap {
     return i < 0 ? limit : i;
   }
 
+  /**
+   * The end of the shortest range [from, end) holding `n` set pages, or min(limit, pages)
+   * when [from, limit) holds fewer.
+   */
+  endAfterSet(from: number, n: number, limit = this.pages): number {
+    const b = this.bits;
+    const end = Math.min(limit, this.pages);
+    let seen = 0;
+    for (let i = from; i < end; i++) if (b[i] === 1 && ++seen === n) return i + 1;
+    return end;
+  }
+
   /** First clear page in [from, min(limit, pages)), or min(limit, pages) when there is none. */
   nextClear(from: number, limit = this.pages): number {
     const b = this.bits;

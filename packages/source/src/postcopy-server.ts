@@ -15,6 +15,7 @@
 import { MsgType } from '@livemig/protocol';
 import { ChannelClosedError, type Channel } from '@livemig/transport';
 import { zeroPage, type PageSender } from './page-sender.js';
+import { turnEventLoop } from './event-loop.js';
 import { PageBitmap } from './page-bitmap.js';
 import type { BlockState } from './outgoing.js';
 
@@ -295,6 +296,8 @@ export class PostcopyServer {
       await this.sender.sendRange(b, p, end - p);
       this.inFlight.push(this.ch.flushed().catch(() => undefined));
       this.stats.backgroundPages += end - p;
+      // Page requests are read in the I/O phase: let it run between two batches.
+      await turnEventLoop();
       return true;
     }
     return false;

@@ -107,6 +107,19 @@ describe('PageBitmap', () => {
     expect(b.nextClear(61, 1000)).to.equal(100); // never past the end
   });
 
+  it('endAfterSet ends a range once it holds n set pages, or at the limit when it holds fewer', () => {
+    const b = new PageBitmap(100);
+    for (const p of [3, 10, 11, 50, 99]) b.set(p);
+    expect(b.endAfterSet(0, 1)).to.equal(4);
+    expect(b.endAfterSet(0, 3)).to.equal(12);
+    expect(b.endAfterSet(4, 2)).to.equal(12);
+    expect(b.endAfterSet(12, 2)).to.equal(100);
+    expect(b.endAfterSet(12, 3)).to.equal(100); // fewer than 3 left: the end of the bitmap
+    expect(b.endAfterSet(0, 4, 40)).to.equal(40); // fewer than 4 before the limit
+    expect(b.endAfterSet(0, 2, 1000)).to.equal(11);
+    expect(b.endAfterSet(60, 1, 1000)).to.equal(100); // never past the end
+  });
+
   it('a limit bounds a run to a batch: runs of at most N pages', () => {
     const b = new PageBitmap(10, true);
     const batches: Array<[number, number]> = [];
