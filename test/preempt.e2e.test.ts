@@ -2,6 +2,7 @@
  * Postcopy with the preempt channel, end to end: two real processes over TCP; requested pages
  * travel on their own connection, never behind the background stream.
  */
+import net from 'node:net';
 import { expect } from 'chai';
 import { migrate } from './support/procs.js';
 import { FaultProxy } from './support/proxy.js';
@@ -12,7 +13,7 @@ describe('postcopy with a preempt channel between two processes', function () {
   it('moves a 512 MiB ab guest: 0 bad pages, and every page request and its page travelled on the preempt channel', async () => {
     const recv = migrate('recv', '--listen', '127.0.0.1:0', '--run-after', '300', '--json');
     const addr = await recv.listening();
-    const send = migrate('send', '--to', addr, '--ram', '512M', '--vcpus', '2', '--migrate-after', '200', '--postcopy', '--postcopy-after', '300', '--preempt', '--json');
+    const send = migrate('send', '--to', addr, '--ram', '512M', '--vcpus', '2', '--migrate-after', '200', '--downtime-limit', '1', '--postcopy', '--postcopy-after', '300', '--preempt', '--json');
     const [s, r] = await Promise.all([send.done(), recv.done()]);
     expect(s.code, send.stderr).to.equal(0);
     expect(r.code, recv.stderr).to.equal(0);
@@ -42,6 +43,41 @@ describe('postcopy with a preempt channel between two processes', function () {
     expect(r.code, recv.stderr).to.equal(0);
     expect(send.report().mode).to.equal('precopy');
     expect(recv.report().integrity.bad).to.equal(0);
+  });
+
+  it('a stray connection to the destination before the preempt channel does not take its place: the migration completes with preempt', async () => {
+    const recv = migrate('recv', '--listen', '127.0.0.1:0', '--json');
+    const addr = await recv.listening();
+    const [host, port] = [addr.slice(0, addr.lastIndexOf(':')), Number(addr.slice(addr.lastIndexOf(':') + 1))];
+    const strays: net.Socket[] = [];
+    // Connection 1 is the source's preempt channel: before it reaches the destination, one
+    // stray connection sends garbage and another says nothing at all.
+    const proxy = await FaultProxy.start({
+      target: addr,
+      beforeForward: async (i) => {
+        if (i !== 1) return;
+        for (const hello of [Buffer.from('GET / HTTP/1.1\r\nHost: x\r\n\r\n'), null]) {
+          const s = net.connect(port, host);
+          s.on('error', () => undefined);
+          await new Promise((r) => s.once('connect', r));
+          if (hello) s.write(hello);
+          strays.push(s);
+        }
+        await new Promise((r) => setTimeout(r, 300));
+      },
+    });
+    try {
+      const send = migrate('send', '--to', proxy.address, '--ram', '64M', '--vcpus', '1', '--migrate-after', '100', '--downtime-limit', '1', '--postcopy', '--postcopy-after', '200', '--preempt', '--json');
+      const [s, r] = await Promise.all([send.done(), recv.done()]);
+      expect(s.code, send.stderr).to.equal(0);
+      expect(r.code, recv.stderr).to.equal(0);
+      expect(recv.report().mode).to.equal('postcopy');
+      expect(recv.report().integrity.bad).to.equal(0);
+      expect(strays.length).to.equal(2);
+    } finally {
+      for (const s of strays) s.destroy();
+      proxy.close();
+    }
   });
 
   it('fails before switchover when the preempt channel cannot be set up, and the source guest runs on and verifies', async () => {

@@ -2,7 +2,8 @@
  * proxy.ts — test support: a TCP proxy between `migrate send` and `migrate recv` that injects
  * faults: refuse chosen connections (closed at once, nothing forwarded), cut a chosen
  * connection after some bytes (a broken handshake), cut every live connection on demand, or
- * freeze them (stop forwarding without closing: a silent dead link).
+ * freeze them (stop forwarding without closing: a silent dead link), or hold a connection back
+ * while the test does something first (`beforeForward`).
  */
 import net from 'node:net';
 
@@ -13,6 +14,8 @@ export interface ProxyOptions {
   accept?: (index: number) => boolean;
   /** Per connection: cut it after forwarding this many bytes from the dialler (undefined: never). */
   cutAfter?: (index: number) => number | undefined;
+  /** Per connection: awaited before it is forwarded (the dialler's bytes wait meanwhile). */
+  beforeForward?: (index: number) => Promise<void> | void;
 }
 
 export class FaultProxy {
@@ -29,13 +32,15 @@ export class FaultProxy {
     const [host, port] = splitHostPort(opts.target);
     const server = net.createServer({ pauseOnConnect: true });
     const proxy = new FaultProxy(server);
-    server.on('connection', (client) => {
+    server.on('connection', async (client) => {
       const index = proxy.connections++;
       client.on('error', () => undefined);
       if (opts.accept && !opts.accept(index)) {
         client.destroy();
         return;
       }
+      await opts.beforeForward?.(index);
+      if (client.destroyed) return;
       const upstream = net.connect(port, host);
       upstream.on('error', () => client.destroy());
       client.on('error', () => upstream.destroy());

@@ -53,7 +53,8 @@ export class FaultHandler {
   private readonly stopFd: EventFd;
   private stopped: Promise<void> | null = null;
   private readonly exited: Promise<void>;
-  private preemptWait: { id: number; resolve: (label: string) => void; reject: (e: Error) => void } | null = null;
+  /** Preempt handshakes under way in the thread, by attach id. */
+  private readonly preemptWaits = new Map<number, { resolve: (label: string) => void; reject: (e: Error) => void }>();
   faults = 0;
   /** Preempt channel figures, once the thread has stopped (null without preempt). */
   preemptStats: PreemptStats | null = null;
@@ -87,16 +88,11 @@ export class FaultHandler {
       } else if (m.type === 'placed') {
         const p = m.placed;
         for (let i = 0; i < p.length; i += PLACED_FIELDS) events.placed?.(p[i]!, p[i + 1]!, p[i + 2]!);
-      } else if (m.type === 'preempt-ready') {
-        if (this.preemptWait?.id === m.id) {
-          this.preemptWait.resolve(m.label);
-          this.preemptWait = null;
-        }
-      } else if (m.type === 'preempt-failed') {
-        if (this.preemptWait?.id === m.id) {
-          this.preemptWait.reject(new Error(m.message));
-          this.preemptWait = null;
-        }
+      } else if (m.type === 'preempt-ready' || m.type === 'preempt-failed') {
+        const w = this.preemptWaits.get(m.id);
+        this.preemptWaits.delete(m.id);
+        if (m.type === 'preempt-ready') w?.resolve(m.label);
+        else w?.reject(new Error(m.message));
       } else if (m.type === 'preempt-closed') {
         events.preemptClosed?.(new Error(m.message));
       } else if (m.type === 'stopped') {
@@ -131,11 +127,11 @@ export class FaultHandler {
       // Closes this thread's descriptor only; the connection lives on in the duplicate.
       socket.destroy();
     }
-    // An earlier attach still waiting is superseded: its answer will not be taken for this one.
-    this.preemptWait?.reject(new Error('superseded by a newer preempt connection'));
+    // Several may shake hands at once; the thread takes the first that succeeds and refuses
+    // the others.
     const id = ++this.attachId;
     return new Promise<string>((resolve, reject) => {
-      this.preemptWait = { id, resolve, reject };
+      this.preemptWaits.set(id, { resolve, reject });
       const msg: PreemptAttachMessage = { type: 'preempt', id, fd: dup, uuid, accept };
       this.worker.postMessage(msg);
     });
@@ -144,8 +140,8 @@ export class FaultHandler {
 
   /** Postcopy recovery: the fault thread closes its preempt channel (a new one may be attached later). */
   dropPreempt(): void {
-    this.preemptWait?.reject(new Error('the migration paused'));
-    this.preemptWait = null;
+    for (const w of this.preemptWaits.values()) w.reject(new Error('the migration paused'));
+    this.preemptWaits.clear();
     this.worker.postMessage({ type: 'preempt-drop' } satisfies PreemptDropMessage);
   }
 

@@ -216,9 +216,21 @@ class IncomingSession {
   private postcopyBytesAtRun = 0;
   /** The source announced a preempt channel (SETUP caps). */
   private preemptWanted = false;
-  /** The preempt connection, accepted but waiting for the fault thread (before ADVISE). */
-  private preemptSocket: net.Socket | null = null;
-  private preemptReady: Promise<string> | null = null;
+  /**
+   * Preempt candidates: every further connection while no preempt channel is up is one, and
+   * the first whose handshake succeeds (role preempt, this migration's UUID, TLS if required)
+   * becomes the channel. A stray connection (a port scan, a health check) is refused on its
+   * own and does not take the place of the real one. Before ADVISE they wait here.
+   */
+  private preemptSockets: net.Socket[] = [];
+  /** Candidates whose handshake is under way in the fault thread. */
+  private preemptPending = 0;
+  /** A preempt channel is up. */
+  private preemptUp = false;
+  /** Why the last candidate was refused. */
+  private preemptError: Error | null = null;
+  /** Waits at LISTEN for a candidate still shaking hands. */
+  private preemptWaiters: Array<() => void> = [];
   /** Listeners whose connections belong to this migration: the first one, and recover()'s. */
   private readonly listeners = new Map<string, net.Server>();
   /** The listener the migration arrived on. */
@@ -259,7 +271,7 @@ class IncomingSession {
     if (this.state.terminal) return false;
     // Until SETUP is read, a preempt channel may still be announced.
     if (this.state.current === DestState.NONE) return true;
-    return this.preemptWanted && this.preemptSocket === null && this.preemptReady === null;
+    return this.preemptWanted && !this.preemptUp;
   }
 
   /**
@@ -317,8 +329,10 @@ class IncomingSession {
       return true;
     }
     if (!this.expectsPreempt) return false;
+    // Bounded: a flood of connections must not hold unbounded descriptors and handshakes.
+    if (this.preemptSockets.length + this.preemptPending >= MAX_PREEMPT_CANDIDATES) return false;
     if (this.faults) this.attachPreempt(socket);
-    else this.preemptSocket = socket; // handed over once ADVISE has started the fault thread
+    else this.preemptSockets.push(socket); // handed over once ADVISE has started the fault thread
     return true;
   }
 
@@ -356,9 +370,8 @@ class IncomingSession {
       ch.close(onPurpose ? Object.assign(new Error(err.message), { code: LINK_PAUSED }) : undefined);
     }
     this.faults?.dropPreempt();
-    this.preemptReady = null;
-    this.preemptSocket?.destroy();
-    this.preemptSocket = null;
+    this.preemptUp = false;
+    this.dropPreemptCandidates();
     this.updateListeners();
     this.progress();
   }
@@ -460,13 +473,46 @@ class IncomingSession {
     this.progress();
   }
 
+  /** Hands a preempt candidate to the fault thread, which runs its handshake. */
   private attachPreempt(socket: net.Socket): void {
-    this.preemptSocket = null;
-    this.preemptReady = this.faults!.attachPreempt(socket, this.report.uuid, { ...this.acceptOptions(), keepaliveTimeoutMs: this.opts.keepaliveTimeoutMs });
-    this.preemptReady.then(
-      (label) => trace('dest', `${label} ready`),
-      () => undefined, // surfaced at LISTEN
+    this.preemptPending++;
+    this.faults!.attachPreempt(socket, this.report.uuid, { ...this.acceptOptions(), keepaliveTimeoutMs: this.opts.keepaliveTimeoutMs }).then(
+      (label) => {
+        this.preemptPending--;
+        this.preemptUp = true;
+        trace('dest', `${label} ready`);
+        this.preemptSettled();
+      },
+      (e: Error) => {
+        this.preemptPending--;
+        this.preemptError = e;
+        trace('dest', `preempt candidate refused: ${e.message}`);
+        this.preemptSettled();
+      },
     );
+  }
+
+  private preemptSettled(): void {
+    for (const w of this.preemptWaiters.splice(0)) w();
+    this.updateListeners();
+  }
+
+  /** Destroys the candidates still waiting for ADVISE (those in the fault thread go with dropPreempt). */
+  private dropPreemptCandidates(): void {
+    for (const s of this.preemptSockets.splice(0)) s.destroy();
+  }
+
+  /**
+   * Resolves once a preempt channel is up; rejects when none is and no candidate is still
+   * shaking hands (the source connects its preempt channel before LISTEN, so one should be).
+   */
+  private async preemptChannelUp(): Promise<void> {
+    while (!this.preemptUp) {
+      if (this.preemptPending === 0) {
+        throw new Error(this.preemptError ? `preempt channel: ${this.preemptError.message}` : 'LISTEN before the preempt channel was set up (the source announced one)');
+      }
+      await new Promise<void>((r) => this.preemptWaiters.push(r));
+    }
   }
 
   /** Options for the handshake of every channel of this migration (TLS). */
@@ -642,7 +688,7 @@ class IncomingSession {
       },
       { preempt: this.preemptWanted, received: placer.receivedElsewhere },
     );
-    if (this.preemptSocket) this.attachPreempt(this.preemptSocket);
+    for (const s of this.preemptSockets.splice(0)) this.attachPreempt(s);
     this.ch!.send({ type: MsgType.ACK, of: MsgType.ADVISE, info: { ok: true } });
   }
 
@@ -737,14 +783,7 @@ class IncomingSession {
   private async listen(): Promise<void> {
     this.hugepagesOffOnce();
     if (!this.faults) throw new Error('LISTEN without an accepted ADVISE');
-    if (this.preemptWanted) {
-      if (!this.preemptReady) throw new Error('LISTEN before the preempt channel was set up (the source announced one)');
-      try {
-        await this.preemptReady;
-      } catch (e) {
-        throw new Error(`preempt channel: ${(e as Error).message}`);
-      }
-    }
+    if (this.preemptWanted) await this.preemptChannelUp();
     const placer = this.placer!.placer;
     placer.postcopy = true;
     placer.onRequestedPlaced = (b, page) => this.onRequestedPlaced(b, page);
@@ -954,8 +993,7 @@ class IncomingSession {
     if (this.state.terminal) return;
     this.state.fail();
     this.ch?.close(err);
-    this.preemptSocket?.destroy();
-    this.preemptSocket = null;
+    this.dropPreemptCandidates();
     // Postcopy: the guest may be blocked on pages that will never come. Closing the
     // userfaultfd below releases those threads so the guest can be torn down.
     await this.faults?.kill();
@@ -1001,6 +1039,9 @@ class PlacerBlockSet {
     return this.placer.block(name);
   }
 }
+
+/** Preempt candidates held or shaking hands at once, at most (see `preemptSockets`). */
+const MAX_PREEMPT_CANDIDATES = 8;
 
 /** States in which precopy page data may arrive; postcopy pages arrive while LISTENING and RUNNING. */
 const PRECOPY_STATES: readonly DestState[] = [DestState.SETUP, DestState.ADVISE];

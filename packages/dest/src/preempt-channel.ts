@@ -49,8 +49,10 @@ export class PreemptEndpoint {
   private readonly bounce: Buffer;
   private ch: Channel | null = null;
   private closing = false;
-  /** Bumped by every attach and close: a handshake that finishes after either is stale. */
+  /** Bumped by every close: a handshake that finishes after one is stale. */
   private generation = 0;
+  /** Candidates still shaking hands: close() ends them (a silent one would wait for its timeout). */
+  private readonly handshaking = new Set<net.Socket>();
 
   constructor(uffd: Userfaultfd, blocks: PreemptBlock[], received: Int32Array, events: PreemptEvents) {
     this.uffd = uffd;
@@ -68,21 +70,32 @@ export class PreemptEndpoint {
   }
 
   /**
-   * Takes over the preempt connection whose descriptor is `fd` (a duplicate owned by this
-   * thread), runs the handshake and starts reading. Resolves with the channel's label.
+   * Takes over a preempt candidate whose descriptor is `fd` (a duplicate owned by this
+   * thread), runs the handshake and starts reading. Several may shake hands at once: the first
+   * to succeed becomes the channel, and a later one is closed and refused while it is up.
+   * Resolves with the channel's label.
    */
   async attach(fd: number, uuid: string, accept: Omit<AcceptOptions, 'roles' | 'uuid'> & { keepaliveTimeoutMs?: number }): Promise<string> {
     const socket = new net.Socket({ fd, readable: true, writable: true });
     const { keepaliveTimeoutMs, ...opts } = accept;
-    const generation = ++this.generation;
-    const { channel } = await acceptChannel(socket, { ...opts, roles: ['preempt'], uuid });
+    const generation = this.generation;
+    this.handshaking.add(socket);
+    let channel: Channel;
+    try {
+      ({ channel } = await acceptChannel(socket, { ...opts, roles: ['preempt'], uuid }));
+    } finally {
+      this.handshaking.delete(socket);
+    }
     if (generation !== this.generation) {
-      // close() (a pause, the end) or a newer attach came during the handshake.
+      // close() (a pause, the end) came during the handshake.
       channel.close();
       throw new Error('the preempt channel was dropped during its handshake');
     }
+    if (this.ch && !this.ch.closed) {
+      channel.close();
+      throw new Error(`${channel.info.label}: a preempt channel is already up`);
+    }
     // A channel dropped before (postcopy recovery) is replaced.
-    this.ch?.close();
     this.ch = channel;
     this.closing = false;
     channel.setHandler((f) => this.onFrame(f));
@@ -105,6 +118,7 @@ export class PreemptEndpoint {
     this.generation++;
     this.closing = true;
     this.ch?.close();
+    for (const s of this.handshaking) s.destroy();
   }
 
   private onFrame(f: Frame): void {
