@@ -4,7 +4,7 @@
  * A block created here owns its mapping; an adopted block wraps memory the caller mapped and
  * never unmaps it. `viewBlocks` rebuilds the views inside a worker thread from addresses only.
  */
-import { createMemfd, mapAnonymous, viewAt, HOST_PAGE_SIZE, type Mapping } from '@livemig/uffd';
+import { createMemfd, mapAnonymous, viewAt, HOST_PAGE_SIZE, type Mapping } from '@livemig/uffd/memory';
 
 export type RamBacking = 'anonymous' | 'memfd';
 
