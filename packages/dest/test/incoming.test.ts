@@ -396,7 +396,33 @@ describe('IncomingMigration', function () {
   });
 });
 
+/** Mappings of exactly `bytes` in this process, and how many of them have huge pages off (VmFlags nh). */
+function mappingsOfSize(bytes: number): { all: number; nohuge: number } {
+  let all = 0;
+  let nohuge = 0;
+  let size = -1;
+  for (const line of fs.readFileSync('/proc/self/smaps', 'utf8').split('\n')) {
+    const range = /^([0-9a-f]+)-([0-9a-f]+) /.exec(line);
+    if (range) size = Number(BigInt(`0x${range[2]}`) - BigInt(`0x${range[1]}`));
+    else if (line.startsWith('VmFlags:') && size === bytes) {
+      all++;
+      if (line.split(' ').includes('nh')) nohuge++;
+    }
+  }
+  return { all, nohuge };
+}
+
 describe('IncomingMigration after a postcopy ADVISE', () => {
+  it('switches transparent huge pages off for the RAM it created at ADVISE, before any DISCARD or LISTEN', async () => {
+    const RAM = 24 * MiB; // a size nothing else in this process maps
+    const { src } = await session();
+    await setupAccepted(src, abSetup({ caps: ['zero-runs', 'postcopy'] }, RAM));
+    expect(mappingsOfSize(RAM)).to.deep.equal({ all: 1, nohuge: 0 });
+    src.ch.send({ type: MsgType.ADVISE, pageSizes: [PS] });
+    for (let i = 0; i < 250 && src.got.filter((m) => m.type === MsgType.ACK).length < 2; i++) await sleep(20);
+    expect(mappingsOfSize(RAM)).to.deep.equal({ all: 1, nohuge: 1 });
+  });
+
   it('fails promptly and frees everything when the source goes away during precopy (the parked fault thread is woken, not waited for)', async () => {
     const before = openKernelObjects();
     const { src, result } = await session({ backing: 'memfd' });
