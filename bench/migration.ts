@@ -7,6 +7,10 @@
 //                  500 ms after the migration starts (QEMU 7.2 here: 2.57 s total, 5 ms
 //                  downtime, 322 ms blocktime)
 //   postcopy-preempt the same with --preempt: requested pages on their own connection
+//   postcopy-random  page-request latency under a saturated background stream: 1 GiB guest
+//                  full of data whose vCPU reads random pages (bench/guests/fill.mjs with
+//                  touch: random), postcopy 500 ms after the migration starts
+//   postcopy-random-preempt the same with --preempt
 //   precopy-tls      precopy-full with TLS 1.3 (x509 certificates) on every channel
 //   postcopy-recovery postcopy-sweep with --auto-recover on both ends, through a proxy that
 //                  cuts every connection 300 ms into postcopy; "recovery ms" is the time
@@ -65,6 +69,16 @@ export const SCENARIOS: Scenario[] = [
   {
     name: 'postcopy-preempt',
     send: ['--ram', '1G', '--vcpus', '1', '--sweep', '1M-1000M', '--migrate-after', '2000', '--postcopy', '--postcopy-after', '500', '--preempt'],
+    recv: [],
+  },
+  {
+    name: 'postcopy-random',
+    send: ['--guest', FILL, '--guest-config', '{"touch":"random"}', '--ram', '1G', '--vcpus', '1', '--migrate-after', '100', '--postcopy', '--postcopy-after', '500'],
+    recv: [],
+  },
+  {
+    name: 'postcopy-random-preempt',
+    send: ['--guest', FILL, '--guest-config', '{"touch":"random"}', '--ram', '1G', '--vcpus', '1', '--migrate-after', '100', '--postcopy', '--postcopy-after', '500', '--preempt'],
     recv: [],
   },
   {

@@ -1,7 +1,10 @@
 // A benchmark guest (user-guest interface of @livemig/machine): at boot each vCPU fills its
 // share of `ram0` with a page-unique non-zero pattern, then idles. `config.dataEvery = N`
-// fills only every Nth page (the rest stays zero: the "mostly zero" guest). verify() checks
-// every word of every page.
+// fills only every Nth page (the rest stays zero: the "mostly zero" guest). With
+// `config.touch = "random"` each vCPU instead keeps reading one word of a pseudo-random page of
+// its share (it never writes): after a postcopy switchover nearly every read faults on a page
+// not received yet while the background stream runs, which is what the page-request latency
+// scenarios measure. verify() checks every word of every page.
 const PAGE = 4096;
 
 function share(ctx, length) {
@@ -34,7 +37,20 @@ export default {
       ctx.device = { filled: true };
     },
     step(ctx) {
-      ctx.idle(1);
+      if (ctx.config.touch !== 'random') {
+        ctx.idle(1);
+        return;
+      }
+      const mem = ctx.blocks.ram0;
+      const words = new Uint32Array(mem.buffer, mem.byteOffset, mem.length / 4);
+      const [first, end] = share(ctx, mem.length);
+      let x = ctx.device.seed ?? ctx.index + 1;
+      let sum = 0;
+      for (let i = 0; i < 16; i++) {
+        x = (Math.imul(x, 1103515245) + 12345) >>> 0;
+        sum = (sum + words[(first + (x % (end - first))) * 1024]) >>> 0;
+      }
+      ctx.device = { ...ctx.device, seed: x, reads: (ctx.device.reads ?? 0) + 16, sum };
     },
   },
   verify(ctx) {
