@@ -437,7 +437,8 @@ export class OutgoingMigration {
         this.checkAbort();
         dirty.sync(blocks);
         trace('source', 'final dirty sync');
-        await this.sendDirty(sender, blocks, () => false);
+        // The guest is stopped: no turns of the event loop between batches, nothing to wait for.
+        await this.sendDirty(sender, blocks, () => false, false);
         trace('source', 'last pages sent');
         // The destination stops its fault thread (and with it the preempt channel) on COMPLETE.
         this.ending = true;
@@ -638,9 +639,10 @@ export class OutgoingMigration {
 
   /**
    * Sends every dirty page of every block, clearing its dirty flag first. Stops early (and
-   * says so) when `interrupt()` turns true between batches.
+   * says so) when `interrupt()` turns true between batches. With `turns`, the event loop polls
+   * for I/O between batches (see event-loop.ts).
    */
-  private async sendDirty(sender: PageSender, blocks: BlockState[], interrupt: () => boolean): Promise<{ bytes: number; interrupted: boolean }> {
+  private async sendDirty(sender: PageSender, blocks: BlockState[], interrupt: () => boolean, turns = true): Promise<{ bytes: number; interrupted: boolean }> {
     let bytes = 0;
     for (const b of blocks) {
       let p = b.dirty.nextSet(0);
@@ -652,7 +654,7 @@ export class OutgoingMigration {
         b.sent.setRange(p, end);
         bytes += await sender.sendRange(b, p, end - p);
         // Frames from the destination (PONG, SHUT) and control commands are read in the I/O phase.
-        await turnEventLoop();
+        if (turns) await turnEventLoop();
         p = b.dirty.nextSet(end);
       }
     }
