@@ -608,7 +608,9 @@ class IncomingSession {
         return;
       case MsgType.COMPLETE:
         this.state.to(DestState.COMPLETING, 'COMPLETE');
-        this.completeAt = performance.now();
+        // From the read that brought COMPLETE: placing the last pages and loading DEVICE, which
+        // came in the same write, are part of the pause.
+        this.completeAt = this.ch!.lastReadAt || performance.now();
         trace('dest', 'COMPLETE');
         return this.complete();
       case MsgType.ADVISE:
@@ -793,8 +795,9 @@ class IncomingSession {
 
   /** Start the guest while pages are still missing; confirm so the source can measure downtime. */
   private async runGuest(): Promise<void> {
-    // The guest's pause, as seen here, runs from RUN's arrival to its vCPUs running.
-    this.stoppedAt = performance.now();
+    // The guest's pause, as seen here, runs from the read that brought RUN (with the last
+    // discards, DEVICE and LISTEN, which came in the same write) to its vCPUs running.
+    this.stoppedAt = this.ch!.lastReadAt || performance.now();
     if (!this.device) throw new Error('RUN without device state');
     const machine = this.machine!;
     machine.loadDevice(unpack(this.device));

@@ -47,6 +47,12 @@ export class Channel {
   /** Bytes written (headers and payloads) and read, for reports. */
   bytesWritten = 0;
   bytesRead = 0;
+  /**
+   * When the latest bytes were read from the socket (performance.now()). A frame handler sees
+   * when the read that brought its frame arrived, not when its turn came: the frames before it
+   * in the same read were processed in between.
+   */
+  lastReadAt = 0;
   private readonly decoder: FrameDecoder;
   private handler: FrameHandler | null = null;
   private paused = false;
@@ -236,6 +242,7 @@ export class Channel {
   private onData(chunk: Buffer): void {
     if (this.isClosed) return;
     this.bytesRead += chunk.length;
+    this.lastReadAt = performance.now();
     try {
       this.decoder.push(chunk);
     } catch (e) {

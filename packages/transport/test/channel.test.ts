@@ -223,6 +223,26 @@ describe('Channel', function () {
     expect(ret.bytesRead).to.equal(main.bytesWritten);
   });
 
+  it('lastReadAt is when the read that brought a frame arrived, not when the frame\'s turn came', async () => {
+    const { main, ret } = await pair();
+    const seen: Array<{ type: number; lastReadAt: number; at: number }> = [];
+    ret.setHandler((f: Frame) => {
+      seen.push({ type: f.msg.type, lastReadAt: ret.lastReadAt, at: performance.now() });
+      if (f.msg.type === MsgType.PING) {
+        const end = performance.now() + 30;
+        while (performance.now() < end); // a slow handler, holding the thread
+      }
+    });
+    main.cork();
+    main.send({ type: MsgType.PING, id: 1 });
+    main.send({ type: MsgType.COMPLETE });
+    main.uncork();
+    await until(() => seen.length === 2, 3000, '2 frames');
+    const [ping, complete] = seen;
+    expect(complete!.lastReadAt, 'the same read brought both').to.equal(ping!.lastReadAt);
+    expect(complete!.at - complete!.lastReadAt).to.be.at.least(30);
+  });
+
   it('delivers a payload of several MiB (many TCP chunks) byte for byte', async () => {
     const { main, ret } = await pair();
     const got = collect(ret);
