@@ -209,7 +209,6 @@ class IncomingSession {
   private discardCommands = 0;
   private discardPages = 0;
   private discardMaxRanges = 0;
-  private hugepagesOff = false;
   private runAt = 0;
   private stoppedAt = 0;
   private progressAtRun = 0;
@@ -669,10 +668,11 @@ class IncomingSession {
       return;
     }
     this.state.to(DestState.ADVISE, 'ADVISE');
-    // Huge pages off now rather than at the first DISCARD or LISTEN: madvise over all of RAM
-    // takes ~0.3 ms here, which would count as downtime there. Pages placed in precopy are
-    // 4 KiB pages either way (UFFDIO_COPY).
-    this.hugepagesOffOnce();
+    // Transparent huge pages would fault in 2 MiB at a time and hide 4 KiB discards: off for
+    // postcopy, and now rather than at the first DISCARD or LISTEN, where madvise over all of
+    // RAM (~0.3 ms here) would count as downtime. Pages placed in precopy are 4 KiB pages
+    // either way (UFFDIO_COPY). END turns them back on.
+    this.adviseHugepages('nohugepage');
     const placer = this.placer!.placer;
     this.faults = new FaultHandler(
       this.uffd!,
@@ -767,13 +767,6 @@ class IncomingSession {
     }
     this.discardCommands++;
     this.discardMaxRanges = Math.max(this.discardMaxRanges, m.ranges.length);
-  }
-
-  /** Transparent huge pages would fault in 2 MiB at a time and hide 4 KiB discards: off for postcopy, from ADVISE on. */
-  private hugepagesOffOnce(): void {
-    if (this.hugepagesOff) return;
-    this.hugepagesOff = true;
-    this.adviseHugepages('nohugepage');
   }
 
   /** THP advice for the 4 KiB-page RAM created here (a caller's RAM keeps its owner's setting). */

@@ -85,8 +85,8 @@ export interface MigrationReport {
    * Time the guest ran nowhere. Source: from stopping its vCPUs until the last command
    * (COMPLETE in precopy, RUN in postcopy) left, plus half a round trip measured just before
    * the stop, plus the destination's own time from that command to running vCPUs (sent back
-   * in SHUT or the ACK of RUN); never more than `downtimeAckedMs`. Destination: from the last
-   * command's arrival until its vCPUs ran.
+   * in SHUT or the ACK of RUN); never more than `downtimeAckedMs`. Destination: from the socket
+   * read that brought the last command (and what came in the same write) until its vCPUs ran.
    */
   downtimeMs: number;
   /** Source: from stopping its vCPUs until the destination's confirmation (SHUT or the ACK of RUN) arrived. */
