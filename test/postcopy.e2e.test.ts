@@ -3,8 +3,11 @@
  * the guest while its RAM is still arriving, missing pages caught by userfaultfd.
  */
 import { expect } from 'chai';
+import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { ROOT, freePort, migrate, waitHttp } from './support/procs.js';
+import { QmpClient } from './support/qmp.js';
 
 const SCRIBBLE = path.join(ROOT, 'test/fixtures/scribble-guest.mjs');
 
@@ -38,6 +41,31 @@ describe('postcopy migration between two processes', function () {
     // The guest's pause leaves out the acknowledgement's way back, and nothing else.
     expect(sr.downtimeMs).to.be.greaterThan(0);
     expect(sr.downtimeAckedMs).to.be.at.least(sr.downtimeMs);
+  });
+
+  it('the source keeps dirty tracking on its RAM through postcopy (ending it holds the source for a long moment, just when the first page requests come)', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'livemig-pc-e2e-'));
+    const recv = migrate('recv', '--listen', '127.0.0.1:0', '--json');
+    const addr = await recv.listening();
+    const sock = path.join(dir, 'send.sock');
+    // 64 MiB at 16 MB/s: postcopy lasts a few seconds.
+    const send = migrate('send', '--to', addr, '--ram', '64M', '--vcpus', '1', '--migrate-after', '300', '--downtime-limit', '1',
+      '--postcopy', '--postcopy-after', '100', '--max-postcopy-bandwidth', '16M', '--control', sock, '--json');
+    const qmp = await QmpClient.forProcess(send, sock);
+    try {
+      await qmp.waitEvent((e) => e.event === 'MIGRATION' && e.data?.status === 'postcopy-active', 30_000);
+      // The guest's 64 MiB mapping in the source: VmFlags "uw" = registered for userfaultfd write-protect.
+      const ram = wpRegisteredMappings(send.child.pid!, 64 * 1024 * 1024);
+      expect(ram, 'RAM mappings of 64 MiB, and how many are write-protect registered').to.deep.equal({ all: 1, uw: 1 });
+      const [s, r] = await Promise.all([send.done(), recv.done()]);
+      expect(s.code, send.stderr).to.equal(0);
+      expect(r.code, recv.stderr).to.equal(0);
+      expect(send.report().mode).to.equal('postcopy');
+      expect(recv.report().integrity.bad).to.equal(0);
+    } finally {
+      qmp.close();
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('discards exactly the pages re-dirtied after they were sent, at most 12 ranges a command', async () => {
@@ -149,3 +177,19 @@ describe('postcopy migration between two processes', function () {
     expect(sr.integrity).to.include({ checked: true, bad: 0 });
   });
 });
+
+/** Mappings of exactly `bytes` in process `pid`, and how many are registered for userfaultfd write-protect (VmFlags uw). */
+function wpRegisteredMappings(pid: number, bytes: number): { all: number; uw: number } {
+  let all = 0;
+  let uw = 0;
+  let size = -1;
+  for (const line of fs.readFileSync(`/proc/${pid}/smaps`, 'utf8').split('\n')) {
+    const range = /^([0-9a-f]+)-([0-9a-f]+) /.exec(line);
+    if (range) size = Number(BigInt(`0x${range[2]}`) - BigInt(`0x${range[1]}`));
+    else if (line.startsWith('VmFlags:') && size === bytes) {
+      all++;
+      if (line.split(' ').includes('uw')) uw++;
+    }
+  }
+  return { all, uw };
+}
