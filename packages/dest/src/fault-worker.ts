@@ -11,12 +11,14 @@
  *   - already requested: reports it as a duplicate (for blocktime), no second request.
  * Reports go to the main thread in one message per read batch. Without preempt the thread
  * blocks in poll(); with preempt it runs an event loop that also drives the preempt channel
- * (preempt-channel.ts). This thread never touches guest RAM: it reads fault messages and the
- * page-state arrays, and places pages only by ioctl.
+ * (preempt-channel.ts), with a short scheduler slice (requestShortSlice). This thread never
+ * touches guest RAM: it reads fault messages and the page-state arrays, and places pages only
+ * by ioctl.
  */
 import { isMainThread, parentPort, workerData } from 'node:worker_threads';
 import {
   EventFd,
+  requestShortSlice,
   FdWaiter,
   watchFd,
   UFFD_EVENT_PAGEFAULT,
@@ -247,8 +249,13 @@ async function runLoop(data: FaultWorkerData): Promise<void> {
 if (!isMainThread) {
   try {
     const data = workerData as FaultWorkerData;
-    if (data.preempt) runLoop(data).catch((e: Error) => parentPort!.postMessage({ type: 'error', message: e.message }));
-    else runBlocking(data);
+    // With preempt this thread answers a page arriving on its channel in microseconds: ask
+    // to run as soon as it wakes, not at the end of a busy thread's slice (request p50 on
+    // the random-access guest 144–149 µs with, 149–179 µs without; median of 5, twice).
+    if (data.preempt) {
+      requestShortSlice();
+      runLoop(data).catch((e: Error) => parentPort!.postMessage({ type: 'error', message: e.message }));
+    } else runBlocking(data);
   } catch (e) {
     parentPort!.postMessage({ type: 'error', message: (e as Error).message });
   }

@@ -38,6 +38,7 @@ import { PageSender, type SendBlock } from './page-sender.js';
 import { RateLimiter } from './rate-limiter.js';
 import { DirtySync, type DirtyMethod } from './dirty-sync.js';
 import { PostcopyServer } from './postcopy-server.js';
+import { PreemptThread } from './preempt-thread.js';
 import type { SourceMachine } from './source-machine.js';
 
 export interface OutgoingOptions {
@@ -165,8 +166,8 @@ export class OutgoingMigration {
   private postcopyRequested = false;
   private server: PostcopyServer | null = null;
   private table: BlockTable | null = null;
-  /** The preempt channel, when enabled and accepted. */
-  private urgent: Channel | null = null;
+  /** The preempt thread, which owns the preempt channel (when enabled). */
+  private preempt: PreemptThread | null = null;
   /** END was sent: the preempt channel may close now. */
   private ending = false;
   /** Postcopy recovery: set while paused. */
@@ -237,7 +238,7 @@ export class OutgoingMigration {
     this.waiters.clear();
     this.server?.abort(err);
     this.ch?.close(err instanceof CancelledError ? undefined : err);
-    this.urgent?.close();
+    this.preempt?.drop();
   }
 
   private checkAbort(): void {
@@ -282,6 +283,8 @@ export class OutgoingMigration {
     let guestStopped = false;
     let precopyBytes = 0;
     try {
+      // The preempt thread boots while the migration sets up.
+      if (this.opts.postcopy && this.opts.preempt) this.preempt = this.startPreemptThread();
       // --- setup: connect, describe the guest, wait for the destination to accept.
       const connecting = connectChannel({ ...this.channelOptions(), endpoint: this.endpoint, role: 'main', uuid: this.uuid });
       // A channel that connects after an abort (cancel, timeout) is closed, not left open.
@@ -305,13 +308,15 @@ export class OutgoingMigration {
       this.send(setup);
       // While the destination sets up, arm dirty tracking (write-protecting all of RAM takes
       // tens of ms for a GiB): the two overlap. Undone in `finally` if the migration fails.
+      // The preempt thread reads "populated" and "dirty" too: in shared memory then.
+      const shared = { shared: this.preempt !== null };
       const blocks: BlockState[] = this.machine.blocks.map((b) => ({
         name: b.name,
         pageSize: b.pageSize,
         pages: b.length / b.pageSize,
         buffer: Buffer.from(b.mapping.view()),
-        populated: new PageBitmap(b.length / b.pageSize, true),
-        dirty: new PageBitmap(b.length / b.pageSize, true),
+        populated: new PageBitmap(b.length / b.pageSize, true, shared),
+        dirty: new PageBitmap(b.length / b.pageSize, true, shared),
         sent: new PageBitmap(b.length / b.pageSize),
       }));
       // Pages never populated read as zero and need not be read. Two scans, for anonymous RAM
@@ -326,7 +331,7 @@ export class OutgoingMigration {
       blocks.forEach((b, i) => {
         const pre = before[i];
         const post = pre ? populatedNow(this.machine.blocks[i]!.mapping, b, false) : null;
-        if (pre && post) b.populated = pre.union(post);
+        if (pre && post) b.populated = pre.union(post, shared);
       });
       await this.expect(MsgType.SETUP);
       trace('source', 'setup accepted');
@@ -336,9 +341,16 @@ export class OutgoingMigration {
         const ack = (await this.expect(MsgType.ADVISE)).msg as { info?: { ok?: boolean; reason?: string } };
         if (ack.info?.ok === true) {
           this.postcopyWanted = true;
-          if (this.opts.preempt) await this.connectPreempt();
+          if (this.preempt) {
+            // The blocks' bitmaps are final objects from here on (their flags keep changing):
+            // the thread takes them now, so nothing of this runs at switchover.
+            this.preempt.serve(blocks);
+            await this.connectPreempt();
+          }
         } else {
           const reason = ack.info?.reason ?? 'the destination refused postcopy';
+          await this.preempt?.end();
+          this.preempt = null;
           if ((this.opts.postcopyFallback ?? 'precopy') === 'fail') throw new Error(reason);
           report.postcopyRefused = reason;
         }
@@ -475,7 +487,7 @@ export class OutgoingMigration {
         this.checkAbort();
         dirty.sync(blocks);
         trace('source', 'final dirty sync');
-        this.server = new PostcopyServer(ch, sender, blocks, this.urgent, (e) => this.onLinkLost(null, e));
+        this.server = new PostcopyServer(ch, sender, blocks, this.preempt, (e) => this.onLinkLost(null, e));
         // Postcopy runs at full speed unless told otherwise: the guest waits for these pages.
         this.limiter.setLimit(this.opts.maxPostcopyBandwidth ?? 0);
         // The last discards, the device state, LISTEN and RUN leave in one write: each write on
@@ -524,7 +536,7 @@ export class OutgoingMigration {
             // Urgent pages travel on their own connection: END (on the main one) must not
             // overtake them. The destination answers this PING after placing everything sent
             // before it.
-            if (this.urgent) await this.roundTrip(this.urgent);
+            if (this.preempt) await this.race(this.preempt.ping());
             this.ending = true; // the destination closes the preempt channel when it ends
             this.send({ type: MsgType.END });
             shut = await this.expect(MsgType.SHUT);
@@ -544,7 +556,7 @@ export class OutgoingMigration {
         report.postcopy = {
           requests: st.requests,
           durationMs: round1(performance.now() - postStart),
-          ...(this.urgent ? { preempt: { requests: st.urgentRequests, pages: st.urgentPages, bytes: st.urgentBytes } } : {}),
+          ...(this.preempt ? { preempt: { requests: st.urgentRequests, pages: st.urgentPages, bytes: st.urgentBytes } } : {}),
         };
         report.ram.postcopyBytes = sender.stats.dataBytes - precopyBytes;
         report.recoveries = this.recoveries;
@@ -581,7 +593,7 @@ export class OutgoingMigration {
         await this.ch.flushed().catch(() => undefined);
         this.ch.close();
       }
-      this.urgent?.close();
+      await this.preempt?.end();
     }
     report.totalTimeMs = round1((completedAt || performance.now()) - t0);
     if (sender) {
@@ -663,36 +675,45 @@ export class OutgoingMigration {
 
   private pingId = 0;
 
-  /** PING the destination and wait for its PONG: it has processed every frame sent before on `ch`. */
-  private async roundTrip(ch: Channel = this.ch!): Promise<void> {
+  /** PING the destination and wait for its PONG: it has processed every frame sent before. */
+  private async roundTrip(): Promise<void> {
     this.checkAbort();
     const id = ++this.pingId;
     const pong = reply(this.pongWaiters, id, 'PING');
-    ch.send({ type: MsgType.PING, id });
+    this.ch!.send({ type: MsgType.PING, id });
     await this.race(pong);
   }
 
+  /** Starts the preempt thread; its reports reach the postcopy server and the link handling. */
+  private startPreemptThread(): PreemptThread {
+    return new PreemptThread({
+      sent: (ranges, onChannel, pages, bytes) => this.server?.urgentSent(ranges, onChannel, pages, bytes),
+      closed: (err) => {
+        if (this.phase !== 'completed' && !this.ending) this.onLinkLost('preempt', new Error(`preempt channel: ${err.message}`));
+      },
+      fatal: (err) => this.onLinkLost('preempt', err),
+    });
+  }
+
   /**
-   * Dials the preempt channel (same migration UUID). The destination's fault thread takes it
-   * over; requests arrive on it and their pages leave on it.
+   * Has the preempt thread dial the preempt channel (same migration UUID). The destination's
+   * fault thread takes it over; requests arrive on it and their pages leave on it, both ends
+   * off their main threads.
    */
-  private async connectPreempt(endpoint = this.endpoint): Promise<Channel> {
-    const connecting = connectChannel({ ...this.channelOptions(), endpoint, role: 'preempt', uuid: this.uuid });
-    connecting.then((c) => this.abortError && c.close(), () => undefined);
-    let urgent: Channel;
+  private async connectPreempt(endpoint = this.endpoint): Promise<void> {
+    const connecting = this.preempt!.connect({
+      endpoint,
+      uuid: this.uuid,
+      ...(this.opts.tls ? { tls: this.opts.tls } : {}),
+      ...(this.opts.keepaliveTimeoutMs !== undefined ? { keepaliveTimeoutMs: this.opts.keepaliveTimeoutMs } : {}),
+    });
+    connecting.then(() => this.abortError && this.preempt?.drop(), () => undefined);
     try {
-      urgent = await this.race(connecting);
+      await this.race(connecting);
     } catch (e) {
       throw this.abortError ?? new Error(`preempt channel could not be set up: ${(e as Error).message}`);
     }
-    this.urgent = urgent;
     trace('source', 'preempt channel connected');
-    urgent.setHandler((f) => this.onReturnFrame(f, true));
-    void urgent.whenClosed().then((err) => {
-      if (this.phase !== 'completed' && !this.ending) this.onLinkLost(urgent, new Error(`preempt channel: ${err?.message ?? 'closed by the destination'}`));
-    });
-    startKeepalive(urgent, { timeoutMs: this.opts.keepaliveTimeoutMs });
-    return urgent;
   }
 
   /** Options common to every channel this migration dials (TLS). */
@@ -714,8 +735,8 @@ export class OutgoingMigration {
    * runs on the destination, that pauses the migration (recovery); before, it fails it and
    * the guest runs on here.
    */
-  private onLinkLost(ch: Channel | null, err: Error): void {
-    if (ch !== null && ch !== this.ch && ch !== this.urgent) return; // replaced already
+  private onLinkLost(ch: Channel | 'preempt' | null, err: Error): void {
+    if (ch !== null && ch !== 'preempt' && ch !== this.ch) return; // replaced already
     if (this.abortError || this.phase === 'completed') return;
     // From RUN on the guest may run on the destination: a broken link pauses (recovery).
     if (this.pointOfNoReturn && this.server) {
@@ -737,12 +758,11 @@ export class OutgoingMigration {
     this.paused = { at: performance.now(), reason: err.message };
     trace('source', `paused: ${err.message}`);
     const why = onPurpose ? Object.assign(new Error(err.message), { code: LINK_PAUSED }) : undefined;
-    for (const c of [this.ch, this.urgent]) {
-      if (!c) continue;
-      if (c === this.ch) this.writtenBefore += c.bytesWritten;
-      c.close(why);
+    if (this.ch) {
+      this.writtenBefore += this.ch.bytesWritten;
+      this.ch.close(why);
     }
-    this.urgent = null;
+    this.preempt?.drop(why);
     this.server?.pause();
     const paused = new PausedError(err.message);
     for (const w of this.waiters.values()) w.reject(paused);
@@ -797,9 +817,9 @@ export class OutgoingMigration {
         missing += this.server!.markUnreceived(b, bm);
       }
       trace('source', `recovery: ${missing} pages not received, sending them again`);
-      const urgent = this.opts.preempt ? await this.connectPreempt(endpoint) : null;
+      if (this.preempt) await this.connectPreempt(endpoint);
       this.sender!.rebind(ch);
-      this.server!.resume(ch, urgent);
+      this.server!.resume(ch);
       this.endpoint = endpoint;
       this.pausedMs += performance.now() - this.paused.at;
       this.recoveries++;
@@ -811,8 +831,7 @@ export class OutgoingMigration {
         this.writtenBefore += ch.bytesWritten;
         ch.close();
       }
-      this.urgent?.close();
-      this.urgent = null;
+      this.preempt?.drop();
       if (this.abortError) throw this.abortError;
       throw new Error(`recovery failed: ${(e as Error).message}`);
     } finally {
@@ -850,14 +869,14 @@ export class OutgoingMigration {
     return this.race(reply(this.waiters, of, msgTypeName(of)));
   }
 
-  /** A frame from the destination: on the return path, or on the preempt channel (`onPreempt`). */
-  private onReturnFrame(f: Frame, onPreempt = false): void {
+  /** A frame from the destination on the return path. */
+  private onReturnFrame(f: Frame): void {
     const m = f.msg;
     switch (m.type) {
       case MsgType.REQ_PAGES: {
         if (!this.server) throw new Error('REQ_PAGES before postcopy');
         this.table!.checkMessage(m);
-        this.server.request(m.block, m.offset, m.length, onPreempt);
+        this.server.request(m.block, m.offset, m.length);
         return;
       }
       case MsgType.ACK:
@@ -894,7 +913,7 @@ export class OutgoingMigration {
         this.abort(new Error(`destination refused: ${m.reason}`));
         return;
       case MsgType.PING:
-        (onPreempt ? this.urgent : this.ch)?.send({ type: MsgType.PONG, id: m.id });
+        this.ch?.send({ type: MsgType.PONG, id: m.id });
         return;
       case MsgType.PONG:
         answer(this.pongWaiters, m.id, f);

@@ -2,19 +2,28 @@
  * page-bitmap.ts — owns a block's per-page flags (one byte a page, so marking and testing
  * are single array accesses) with a running count and run iteration. Used for "dirty: must
  * be (re)sent" on the source.
+ *
+ * A bitmap made `shared` keeps its flags in a SharedArrayBuffer, so the preempt thread can read
+ * them (`shared`, as raw flags) while the main thread changes them; only the owner writes.
  */
 export class PageBitmap {
   readonly pages: number;
   private readonly bits: Uint8Array;
   private setCount = 0;
 
-  constructor(pages: number, initial = false) {
+  constructor(pages: number, initial = false, opts: { shared?: boolean } = {}) {
     this.pages = pages;
-    this.bits = new Uint8Array(pages);
+    this.bits = new Uint8Array(opts.shared ? new SharedArrayBuffer(pages) : new ArrayBuffer(pages));
     if (initial) {
       this.bits.fill(1);
       this.setCount = pages;
     }
+  }
+
+  /** The shared memory holding the flags of a `shared` bitmap, to hand to another thread. */
+  get shared(): SharedArrayBuffer {
+    if (!(this.bits.buffer instanceof SharedArrayBuffer)) throw new Error('PageBitmap: not made shared');
+    return this.bits.buffer;
   }
 
   /** The raw flags, one byte a page (1 = set). Read-only for callers. */
@@ -68,8 +77,8 @@ export class PageBitmap {
   }
 
   /** A new bitmap with the pages set in this one or in `other` (same size). */
-  union(other: PageBitmap): PageBitmap {
-    const u = new PageBitmap(this.pages);
+  union(other: PageBitmap, opts: { shared?: boolean } = {}): PageBitmap {
+    const u = new PageBitmap(this.pages, false, opts);
     const a = this.bits;
     const b = other.bits;
     for (let p = 0; p < this.pages; p++) if (a[p]! | b[p]!) u.set(p);

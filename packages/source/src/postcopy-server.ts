@@ -7,45 +7,35 @@
  * guest is likely to touch the next pages soon). Pages already sent are not sent again: a
  * request for one is for a page still in flight.
  *
- * With a preempt channel, a request is answered at once on that channel, whatever the
- * background stream is doing, and even when the page already left on the main channel: it may
- * sit behind megabytes of bulk data there, and the destination drops whichever copy comes
- * second.
+ * With a preempt channel, requests are answered by the preempt thread (preempt-worker.ts), at
+ * once and on that channel, whatever the background stream is doing; this side learns which
+ * pages it sent (`urgentSent`), drops them from the background stream and carries on after
+ * them.
  */
-import { MsgType } from '@livemig/protocol';
 import { ChannelClosedError, type Channel } from '@livemig/transport';
-import { zeroPage, type PageSender } from './page-sender.js';
+import type { PageSender } from './page-sender.js';
 import { turnEventLoop } from './event-loop.js';
-import { PageBitmap } from './page-bitmap.js';
 import type { BlockState } from './outgoing.js';
 
 /** Background batch: 1 MiB of 4 KiB pages. */
 const BACKGROUND_BATCH = 256;
 /**
- * Background batches allowed in user space at once. A request is sent as soon as it
- * arrives but leaves after what is queued here, so this bounds its wait (plus what the
- * kernel holds) while keeping the stream busy.
+ * Background batches allowed in user space at once. Without a preempt channel a request is
+ * sent as soon as it arrives but leaves after what is queued here, so this bounds its wait
+ * (plus what the kernel holds) while keeping the stream busy. With one, requests do not wait
+ * for this thread at all, and the batches stay large: 64-page batches × 64 measured no better
+ * than 256 × 2 (median of 5, twice: random-access guest blocktime 803–838 vs 667–697 ms; the
+ * sweep's 524–580 vs 436–567 ms).
  */
 const BACKGROUND_WINDOW = 2;
 /**
- * With a preempt channel, requests never wait behind the background stream's bytes, but they
- * do wait for this thread: it reads them only between two background writes, and one
- * `writev` of a 4 MiB batch holds it for about a millisecond. So the background goes out in
- * 256 KiB batches with many queued (16 MiB, as before), and the event loop turns between two.
- * Measured on the 1 GiB sweep (median of 3): 1024 pages × 4, request p50 427 µs and 1755 ms in
- * all; 128 × 32, 225 µs and 1837 ms; 64 × 64, 138 µs and 1983 ms. Preempt is for latency.
+ * The preempt channel, on its own thread (preempt-thread.ts): requests that come on the
+ * return path go there while it is up.
  */
-const PREEMPT_BATCH = 64;
-const PREEMPT_WINDOW = 64;
-/**
- * Prefetch window on the preempt channel, in pages: from 128 KiB after a jump, doubling up to
- * 2 MiB. (Measured on the 1 GiB sweep: none 11 500 requests and 1.19 s blocktime; 32–512
- * pages 7 000 and 0.87 s.)
- */
-const PREFETCH_MIN = 32;
-const PREFETCH_MAX = 512;
-/** Largest PAGE_RUN on the preempt channel, in pages (64 KiB of 4 KiB pages). */
-const URGENT_FRAME_PAGES = 16;
+export interface UrgentLink {
+  readonly ready: boolean;
+  request(block: number, first: number, end: number): void;
+}
 
 interface Request {
   block: number;
@@ -57,7 +47,7 @@ export class PostcopyServer {
   readonly stats = { requests: 0, requestedPages: 0, backgroundPages: 0, urgentRequests: 0, urgentPages: 0, urgentBytes: 0 };
   readonly blocks: BlockState[];
   private ch: Channel;
-  private urgent: Channel | null;
+  private readonly urgent: UrgentLink | null;
   private readonly sender: PageSender;
   /** Postcopy recovery: set while paused; resolved by resume(). */
   private pauseGate: { promise: Promise<void>; resolve: () => void } | null = null;
@@ -70,109 +60,56 @@ export class PostcopyServer {
   private cursorBlock = 0;
   private cursor = 0;
 
-  /** Per block: pages sent on the preempt channel. */
-  private readonly urgentSent: PageBitmap[];
-
   /**
    * `onLinkError` is told when sending fails because a channel broke; the migration then
    * pauses (see `pause`), and the stream waits for `resume`.
    */
-  constructor(ch: Channel, sender: PageSender, blocks: BlockState[], urgent: Channel | null = null, onLinkError: (e: Error) => void = () => undefined) {
+  constructor(ch: Channel, sender: PageSender, blocks: BlockState[], urgent: UrgentLink | null = null, onLinkError: (e: Error) => void = () => undefined) {
     this.ch = ch;
     this.urgent = urgent;
     this.onLinkError = onLinkError;
-    this.urgentSent = urgent ? blocks.map((b) => new PageBitmap(b.pages)) : [];
     this.sender = sender;
     this.blocks = blocks;
     blocks.forEach((b, i) => this.byName.set(b.name, i));
   }
 
-  /**
-   * The destination needs [offset, offset+length) of `block` (already validated); `onPreempt`:
-   * the request came on the preempt channel.
-   */
-  request(block: string, offset: number, length: number, onPreempt = false): void {
+  /** The destination needs [offset, offset+length) of `block` (already validated), asked on the return path. */
+  request(block: string, offset: number, length: number): void {
     const i = this.byName.get(block);
     if (i === undefined) throw new Error(`page request for unknown RAM block "${block}"`);
     const ps = this.blocks[i]!.pageSize;
     const first = offset / ps;
     const end = (offset + length) / ps;
     this.stats.requests++;
-    if (this.urgent && !this.urgent.closed && !this.pauseGate) {
-      if (onPreempt) this.stats.urgentRequests++;
-      // A page already sent on the preempt channel is on its way there, ahead of anything
-      // sent now: asking again only means the guest outran it.
-      const urgentSent = this.urgentSent[i]!;
-      let p = first;
-      while (p < end && urgentSent.test(p)) p++;
-      if (p < end) this.sendUrgent(i, p, end);
-      this.prefetch(i, end);
+    if (this.urgent?.ready && !this.pauseGate) {
+      this.urgent.request(i, first, end);
       return;
     }
     this.queue.push({ block: i, first, end });
     this.wake?.();
   }
 
-  private prefetchWindow = PREFETCH_MIN;
-  private lastUrgent = { block: -1, end: 0 };
-
   /**
-   * After an urgent page, the next still-unsent pages go on the preempt channel too, in a
-   * window that doubles while the guest's requests keep following each other (a sequential
-   * walk: the next fault would be for those pages) and shrinks back on a jump elsewhere. The
-   * background stream on the main channel has a deep queue and would bring them too late.
+   * The preempt thread served a request (`onChannel`: one it read from its channel) and sent
+   * the pages in `ranges` (block, first, end triples): the background stream skips them and
+   * carries on after them.
    */
-  private prefetch(bi: number, from: number): void {
-    const last = this.lastUrgent;
-    const sequential = last.block === bi && from > last.end - this.prefetchWindow && from <= last.end + PREFETCH_MAX;
-    this.prefetchWindow = sequential ? Math.min(PREFETCH_MAX, this.prefetchWindow * 2) : PREFETCH_MIN;
-    const b = this.blocks[bi]!;
-    const limit = Math.min(b.pages, from + this.prefetchWindow);
-    let p = b.dirty.nextSet(from, limit);
-    let end = from;
-    while (p >= 0 && p < limit) {
-      const q = b.dirty.nextClear(p, limit);
-      this.sendUrgent(bi, p, q);
-      end = q;
-      p = q < limit ? b.dirty.nextSet(q, limit) : -1;
+  urgentSent(ranges: Float64Array, onChannel: boolean, pages: number, bytes: number): void {
+    if (onChannel) {
+      this.stats.requests++;
+      this.stats.urgentRequests++;
     }
-    this.lastUrgent = { block: bi, end: Math.max(end, from) };
-  }
-
-  /** Sends pages [first, end) of block `bi` on the preempt channel now, and moves the background scan after them. */
-  private sendUrgent(bi: number, first: number, end: number): void {
-    const b = this.blocks[bi]!;
-    const ps = b.pageSize;
-    const zero = zeroPage(ps);
-    const ch = this.urgent!;
-    ch.cork();
-    try {
-      let p = first;
-      while (p < end) {
-        const isZero = !b.populated.test(p) || zero.compare(b.buffer, p * ps, (p + 1) * ps) === 0;
-        let q = p + 1;
-        while (q < end && (!b.populated.test(q) || zero.compare(b.buffer, q * ps, (q + 1) * ps) === 0) === isZero) q++;
-        if (isZero) ch.send({ type: MsgType.ZERO, block: b.name, pageSize: ps, runs: [[p * ps, q - p]] });
-        else {
-          // Small frames: the destination places a frame once all of it has arrived, and the
-          // guest is waiting for the first pages of a prefetch window already.
-          for (let a = p; a < q; a += URGENT_FRAME_PAGES) {
-            const e = Math.min(q, a + URGENT_FRAME_PAGES);
-            ch.send({ type: MsgType.PAGE_RUN, block: b.name, pageSize: ps, offset: a * ps, count: e - a }, b.buffer.subarray(a * ps, e * ps));
-          }
-          this.stats.urgentBytes += (q - p) * ps;
-        }
-        this.stats.urgentPages += q - p;
-        p = q;
-      }
-    } finally {
-      ch.uncork();
+    this.stats.urgentPages += pages;
+    this.stats.urgentBytes += bytes;
+    for (let k = 0; k < ranges.length; k += 3) {
+      const bi = ranges[k]!;
+      const first = ranges[k + 1]!;
+      const end = ranges[k + 2]!;
+      this.blocks[bi]!.dirty.clearRange(first, end);
+      this.stats.requestedPages += end - first;
+      this.cursorBlock = bi;
+      this.cursor = end;
     }
-    b.dirty.clearRange(first, end);
-    this.urgentSent[bi]!.setRange(first, end);
-    this.stats.requestedPages += end - first;
-    this.cursorBlock = bi;
-    this.cursor = end;
   }
 
   abort(err: Error): void {
@@ -196,9 +133,8 @@ export class PostcopyServer {
   }
 
   /** Carries on over the reconnected channels. */
-  resume(ch: Channel, urgent: Channel | null): void {
+  resume(ch: Channel): void {
     this.ch = ch;
-    this.urgent = urgent;
     const gate = this.pauseGate;
     this.pauseGate = null;
     gate?.resolve();
@@ -209,13 +145,11 @@ export class PostcopyServer {
    * page, set = received) is to be sent again. Returns how many.
    */
   markUnreceived(b: BlockState, bitmap: Buffer): number {
-    const urgentSent = this.urgentSent[this.byName.get(b.name)!];
     let n = 0;
     for (let p = 0; p < b.pages; p++) {
       if ((bitmap[p >> 3]! & (1 << (p & 7))) !== 0) continue;
       n++;
       if (!b.dirty.test(p)) b.dirty.setRange(p, p + 1);
-      if (urgentSent?.test(p)) urgentSent.clearRange(p, p + 1);
     }
     return n;
   }
@@ -286,9 +220,9 @@ export class PostcopyServer {
       let p = b.dirty.nextSet(from);
       if (p < 0 && k === 0 && from > 0) p = b.dirty.nextSet(0);
       if (p < 0) continue;
-      const end = b.dirty.nextClear(p, p + (this.urgent ? PREEMPT_BATCH : BACKGROUND_BATCH));
+      const end = b.dirty.nextClear(p, p + BACKGROUND_BATCH);
       // Bound the background data queued in user space (see BACKGROUND_WINDOW).
-      while (this.inFlight.length >= (this.urgent ? PREEMPT_WINDOW : BACKGROUND_WINDOW)) await this.inFlight.shift();
+      while (this.inFlight.length >= BACKGROUND_WINDOW) await this.inFlight.shift();
       if (this.queue.length > 0) return true;
       b.dirty.clearRange(p, end);
       this.cursorBlock = bi;

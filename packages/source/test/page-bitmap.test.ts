@@ -144,4 +144,26 @@ describe('PageBitmap', () => {
     }
     expect(runs).to.deep.equal([[2, 5], [10, 11], [30, 40]]);
   });
+
+  it('a shared bitmap exposes its flags as shared memory that sees every later change', () => {
+    const bm = new PageBitmap(64, false, { shared: true });
+    const flags = new Uint8Array(bm.shared);
+    bm.setRange(3, 6);
+    bm.clear(4);
+    expect(Array.from(flags.subarray(2, 7))).to.deep.equal([0, 1, 0, 1, 0]);
+  });
+
+  it('a bitmap not made shared refuses to hand out shared memory', () => {
+    expect(() => new PageBitmap(8).shared).to.throw(/not made shared/);
+  });
+
+  it('union is shared when asked, and holds the pages set in either bitmap', () => {
+    const a = new PageBitmap(16);
+    const b = new PageBitmap(16);
+    a.setRange(0, 2);
+    b.setRange(8, 10);
+    const u = a.union(b, { shared: true });
+    expect(u.count).to.equal(4);
+    expect(Array.from(new Uint8Array(u.shared)).map((x, p) => (x ? p : -1)).filter((p) => p >= 0)).to.deep.equal([0, 1, 8, 9]);
+  });
 });

@@ -15,6 +15,7 @@ export const c = {
   syscall1: lib.func('long syscall(long nr, long a1)') as (nr: number, a1: number) => number,
   syscall6: lib.func('long syscall(long nr, long a1, long a2, long a3, long a4, long a5, long a6)') as (
     nr: number, a1: number, a2: number, a3: number, a4: number, a5: number, a6: number) => number,
+  syscall3Buf: lib.func('long syscall(long nr, long a1, void *a2, long a3)') as (nr: number, a1: number, a2: Buffer, a3: number) => number,
   ioctlPtr: lib.func('int ioctl(int fd, unsigned long req, void *arg)') as (fd: number, req: number, arg: Buffer) => number,
   ioctlInt: lib.func('int ioctl(int fd, unsigned long req, unsigned long arg)') as (fd: number, req: number, arg: number) => number,
   /** ioctl with the argument struct given by address (a preallocated stable buffer): no per-call marshalling. */
