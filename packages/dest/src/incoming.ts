@@ -639,6 +639,7 @@ class IncomingSession {
         this.resume();
         return;
       case MsgType.PING:
+        if (m.ready && this.preparing) return this.pongWhenPrepared(m.id);
         this.ch!.send({ type: MsgType.PONG, id: m.id });
         return;
       case MsgType.PONG:
@@ -909,6 +910,17 @@ class IncomingSession {
     this.setupTimeMs = performance.now() - this.t0;
     this.ch!.send({ type: MsgType.ACK, of: MsgType.SETUP });
     trace('dest', 'setup accepted');
+  }
+
+  /**
+   * A PING with `ready`: the source stops its guest once this answers, so answer once the
+   * vCPU threads spawned at SETUP are up and the guest could start at once. Their boot
+   * (tens of ms, more on a busy host) then runs while the guest still runs on the source, not
+   * in the downtime. A failed preparation answers too: COMPLETE or RUN reports it.
+   */
+  private async pongWhenPrepared(id: number): Promise<void> {
+    await this.preparing!.catch(() => undefined);
+    this.ch?.send({ type: MsgType.PONG, id });
   }
 
   private mapBlock(name: string, length: number, pageSize: number): Mapping {

@@ -11,7 +11,7 @@ import { pack } from 'msgpackr';
 import { MsgType, encodeHeader, newMigrationId, type Message, type SetupMessage } from '@livemig/protocol';
 import { connectChannel, type Channel } from '@livemig/transport';
 import { Machine } from '@livemig/machine';
-import { IncomingMigration, type IncomingResult } from '@livemig/dest';
+import { IncomingMigration, defaultMachineFactory, type IncomingResult, type MachineFactory } from '@livemig/dest';
 
 const MiB = 1024 * 1024;
 const PS = 4096;
@@ -49,7 +49,7 @@ interface Source {
 }
 
 /** Listens with `opts`, starts accept(), and dials it as a source. */
-async function session(opts: { maxRam?: number; idleTimeoutMs?: number; backing?: 'anonymous' | 'memfd' } = {}): Promise<{ src: Source; result: Promise<IncomingResult> }> {
+async function session(opts: { maxRam?: number; idleTimeoutMs?: number; backing?: 'anonymous' | 'memfd'; machineFactory?: MachineFactory } = {}): Promise<{ src: Source; result: Promise<IncomingResult> }> {
   const inc = await IncomingMigration.listen({ listen: '127.0.0.1:0', ...opts });
   cleanups.push(() => inc.close());
   const result = inc.accept();
@@ -294,6 +294,51 @@ describe('IncomingMigration', function () {
     await setupAccepted(src);
     src.ch.send({ type: MsgType.PING, id: 4242 });
     expect(await src.next(MsgType.PONG)).to.deep.equal({ type: MsgType.PONG, id: 4242 });
+  });
+
+  describe('a PING with ready (the source stops its guest once it is answered)', () => {
+    /** The default machines, whose prepare() resolves only once the test releases it. */
+    function heldPrepare(): { factory: MachineFactory; release: () => void; prepared: () => boolean } {
+      let release!: () => void;
+      const gate = new Promise<void>((r) => (release = r));
+      let done = false;
+      const factory: MachineFactory = {
+        check: (kind, module, config) => defaultMachineFactory.check(kind, module, config),
+        async create(spec) {
+          const m = await defaultMachineFactory.create(spec);
+          const prepare = m.prepare!.bind(m);
+          m.prepare = async () => {
+            await prepare();
+            await gate;
+            done = true;
+          };
+          return m;
+        },
+      };
+      return { factory, release, prepared: () => done };
+    }
+
+    it('is answered only once the vCPUs spawned at SETUP are prepared', async () => {
+      const held = heldPrepare();
+      const { src } = await session({ machineFactory: held.factory });
+      await setupAccepted(src);
+      src.ch.send({ type: MsgType.PING, id: 7, ready: true });
+      await sleep(300);
+      expect(src.got.filter((m) => m.type === MsgType.PONG), 'PONG before the vCPUs were prepared').to.deep.equal([]);
+      held.release();
+      expect(await src.next(MsgType.PONG)).to.deep.equal({ type: MsgType.PONG, id: 7 });
+      expect(held.prepared()).to.equal(true);
+    });
+
+    it('a PING without ready is answered at once, while the vCPUs are still being prepared', async () => {
+      const held = heldPrepare();
+      const { src } = await session({ machineFactory: held.factory });
+      await setupAccepted(src);
+      src.ch.send({ type: MsgType.PING, id: 8 });
+      expect(await src.next(MsgType.PONG, 1000)).to.deep.equal({ type: MsgType.PONG, id: 8 });
+      expect(held.prepared()).to.equal(false);
+      held.release();
+    });
   });
 
   it('refuses COMPLETE without device state', async () => {

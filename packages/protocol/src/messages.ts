@@ -170,6 +170,12 @@ export interface CompleteMessage {
 export interface PingMessage {
   type: typeof MsgType.PING;
   id: number;
+  /**
+   * Source → destination: answer only once the guest could start there at once (its vCPU
+   * threads are up), so the source stops the guest only then and their boot time is not
+   * downtime.
+   */
+  ready?: boolean;
 }
 export interface PongMessage {
   type: typeof MsgType.PONG;

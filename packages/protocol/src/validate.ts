@@ -212,6 +212,9 @@ export function validateMessage(msg: Message, payloadLength: number): void {
       break;
     }
     case MsgType.PING:
+      uint(m['id'], f('id'), U32);
+      if (m['ready'] !== undefined && typeof m['ready'] !== 'boolean') fail('MALFORMED', `${f('ready')}: expected a boolean, got ${describe(m['ready'])}`);
+      break;
     case MsgType.PONG:
       uint(m['id'], f('id'), U32);
       break;

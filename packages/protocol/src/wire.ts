@@ -12,7 +12,7 @@
  *   ROUND             r: round, d: dirtyBytes
  *   ADVISE            p: pageSizes[]
  *   DISCARD           b, r: [[start, length]…]
- *   PING / PONG       i: id
+ *   PING / PONG       i: id; PING y?: ready
  *   ACK               o: of, i?: info
  *   REQ_PAGES         b, o: offset, l: length
  *   SHUT              s: status, r?: reason, u?: startedAfterUs
@@ -39,7 +39,7 @@ const KEYS: Record<number, [string[], string[]]> = {
   [MsgType.RUN]: [[], []],
   [MsgType.END]: [[], []],
   [MsgType.COMPLETE]: [[], []],
-  [MsgType.PING]: [['i'], []],
+  [MsgType.PING]: [['i'], ['y']],
   [MsgType.PONG]: [['i'], []],
   [MsgType.ACK]: [['o'], ['i']],
   [MsgType.REQ_PAGES]: [['b', 'o', 'l'], []],
@@ -74,6 +74,7 @@ export function toWire(msg: Message): WireHeader {
     case MsgType.DISCARD:
       return { t: msg.type, b: msg.block, r: msg.ranges };
     case MsgType.PING:
+      return msg.ready === undefined ? { t: msg.type, i: msg.id } : { t: msg.type, i: msg.id, y: msg.ready };
     case MsgType.PONG:
       return { t: msg.type, i: msg.id };
     case MsgType.ACK:
@@ -143,6 +144,7 @@ export function fromWire(h: unknown): Message {
     case MsgType.DISCARD:
       return { type: t, block: w['b'], ranges: w['r'] } as Message;
     case MsgType.PING:
+      return ('y' in w ? { type: t, id: w['i'], ready: w['y'] } : { type: t, id: w['i'] }) as Message;
     case MsgType.PONG:
       return { type: t, id: w['i'] } as Message;
     case MsgType.ACK:

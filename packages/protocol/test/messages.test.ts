@@ -9,6 +9,11 @@ describe('messages', () => {
     expect(sampleMessages().map((s) => s.msg.type).sort((a, b) => a - b)).to.deep.equal([...ALL_MSG_TYPES]);
   });
 
+  it('a PING with ready round-trips, and one without it decodes without the field', () => {
+    expect(decodeOne(Buffer.concat(encodeFrame({ type: MsgType.PING, id: 9, ready: true }))).msg).to.deep.equal({ type: MsgType.PING, id: 9, ready: true });
+    expect(decodeOne(Buffer.concat(encodeFrame({ type: MsgType.PING, id: 9 }))).msg).to.deep.equal({ type: MsgType.PING, id: 9 });
+  });
+
   for (const s of sampleMessages()) {
     it(`${msgTypeName(s.msg.type)} round-trips through encode and decode`, () => {
       const f = decodeOne(Buffer.concat(encodeFrame(s.msg, s.payload)));

@@ -100,6 +100,8 @@ const rules: Rule[] = [
 
   // PING/PONG, ACK
   { what: 'a PING id above u32', header: { t: T.PING, i: 2 ** 32 }, code: 'RANGE', message: 'PING.id: 0x100000000 out of range' },
+  { what: 'a PING ready that is not a boolean', header: { t: T.PING, i: 1, y: 1 }, code: 'MALFORMED', message: 'PING.ready: expected a boolean, got 1' },
+  { what: 'a PONG carrying ready (PING only)', header: { t: T.PONG, i: 1, y: true }, code: 'MALFORMED', message: 'PONG' },
   { what: 'a PONG id that is a string', header: { t: T.PONG, i: 'x' }, code: 'MALFORMED', message: 'PONG.id: expected an integer, got "x"' },
   { what: 'an ACK of an unknown type', header: { t: T.ACK, o: 42 }, code: 'MALFORMED', message: 'ACK.of: unknown message type 42' },
   { what: 'an ACK info holding a timestamp', header: { t: T.ACK, o: T.SETUP, i: [new Date(0)] }, code: 'MALFORMED', message: 'ACK.info: unsupported value object Date' },

@@ -421,8 +421,9 @@ export class OutgoingMigration {
       if (goPostcopy) earlyDiscard = this.sendDiscards(blocks);
       // Let the destination catch up with everything queued so far before the guest stops:
       // the switchover messages would otherwise wait behind megabytes of buffered pages,
-      // and that wait would count as downtime.
-      await this.roundTrip();
+      // and that wait would count as downtime. It answers once its vCPU threads are up too
+      // (`ready`): on a short migration they may still be booting, and that would count too.
+      await this.roundTrip({ ready: true });
       trace('source', 'destination caught up');
       if (goPostcopy) {
         // What the guest wrote while the destination caught up (tens of ms of writes) goes in
@@ -675,12 +676,15 @@ export class OutgoingMigration {
 
   private pingId = 0;
 
-  /** PING the destination and wait for its PONG: it has processed every frame sent before. */
-  private async roundTrip(): Promise<void> {
+  /**
+   * PING the destination and wait for its PONG: it has processed every frame sent before
+   * (and with `ready`, its guest could start at once).
+   */
+  private async roundTrip(opts: { ready?: boolean } = {}): Promise<void> {
     this.checkAbort();
     const id = ++this.pingId;
     const pong = reply(this.pongWaiters, id, 'PING');
-    this.ch!.send({ type: MsgType.PING, id });
+    this.ch!.send(opts.ready ? { type: MsgType.PING, id, ready: true } : { type: MsgType.PING, id });
     await this.race(pong);
   }
 
