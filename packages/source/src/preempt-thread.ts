@@ -156,6 +156,10 @@ export class PreemptThread {
         return;
       }
       case 'sent':
+        // Pages sent on a connection that is gone (or dropped) may have been lost with it:
+        // they stay to send (recovery marks every page the destination lacks anyway; this
+        // closes the race with a report still on its way).
+        if (m.conn !== this.conn || !this.up) return;
         this.events.sent(m.ranges, m.onChannel, m.pages, m.bytes);
         return;
       case 'pong': {

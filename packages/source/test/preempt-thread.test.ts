@@ -188,6 +188,18 @@ describe('PreemptThread', function () {
     expect(t.ready).to.equal(false);
   });
 
+  it('reports nothing sent on a connection that was dropped', async () => {
+    const dest = await listener();
+    const { t, rec } = thread();
+    await t.connect({ endpoint: { host: '127.0.0.1', port: dest.port }, uuid: UUID });
+    await dest.channel;
+    t.drop();
+    t.request(0, 5, 6);
+    await t.ping().catch(() => undefined);
+    await sleep(100);
+    expect(rec.sent).to.deep.equal([]);
+  });
+
   it('closes the channel on a request outside the block, naming it', async () => {
     const dest = await listener();
     const { t, rec } = thread();
