@@ -706,9 +706,9 @@ export class OutgoingMigration {
    */
   private async connectPreempt(endpoint = this.endpoint): Promise<void> {
     const connecting = this.preempt!.connect({
+      ...this.channelOptions(),
       endpoint,
       uuid: this.uuid,
-      ...(this.opts.tls ? { tls: this.opts.tls } : {}),
       ...(this.opts.keepaliveTimeoutMs !== undefined ? { keepaliveTimeoutMs: this.opts.keepaliveTimeoutMs } : {}),
     });
     connecting.then(() => this.abortError && this.preempt?.drop(), () => undefined);
