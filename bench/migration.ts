@@ -11,6 +11,8 @@
 //                  full of data whose vCPU reads random pages (bench/guests/fill.mjs with
 //                  touch: random), postcopy 500 ms after the migration starts
 //   postcopy-random-preempt the same with --preempt
+//   postcopy-random-preempt-rt the same with --preempt-realtime on both ends (the threads at both
+//                  ends of the preempt channel run SCHED_FIFO)
 //   precopy-tls      precopy-full with TLS 1.3 (x509 certificates) on every channel
 //   postcopy-recovery postcopy-sweep with --auto-recover on both ends, through a proxy that
 //                  cuts every connection 300 ms into postcopy; "recovery ms" is the time
@@ -80,6 +82,11 @@ export const SCENARIOS: Scenario[] = [
     name: 'postcopy-random-preempt',
     send: ['--guest', FILL, '--guest-config', '{"touch":"random"}', '--ram', '1G', '--vcpus', '1', '--migrate-after', '100', '--postcopy', '--postcopy-after', '500', '--preempt'],
     recv: [],
+  },
+  {
+    name: 'postcopy-random-preempt-rt',
+    send: ['--guest', FILL, '--guest-config', '{"touch":"random"}', '--ram', '1G', '--vcpus', '1', '--migrate-after', '100', '--postcopy', '--postcopy-after', '500', '--preempt', '--preempt-realtime'],
+    recv: ['--preempt-realtime'],
   },
   {
     name: 'precopy-tls',
@@ -281,12 +288,13 @@ export async function runMigrationBench(opts: { runs?: number; only?: string[]; 
 }
 
 export function printMigrationTable(results: ScenarioResult[]): void {
-  console.log('scenario           total ms  downtime ms  (acked)  data GB/s  eff GB/s  blocktime ms    req  lat p50/p99 µs  recovery ms  dest RSS/RAM MiB  bad');
+  const w = Math.max(18, ...results.map((r) => r.name.length));
+  console.log(`${'scenario'.padEnd(w)} total ms  downtime ms  (acked)  data GB/s  eff GB/s  blocktime ms    req  lat p50/p99 µs  recovery ms  dest RSS/RAM MiB  bad`);
   for (const r of results) {
     const m = r.median;
     const lat = m.latencyP50Us !== undefined ? `${m.latencyP50Us}/${m.latencyP99Us}` : '-';
     console.log(
-      `${r.name.padEnd(18)} ${String(m.totalMs).padStart(8)}  ${String(m.downtimeMs).padStart(11)}  ${String(m.downtimeAckedMs ?? '-').padStart(7)}  ${String(m.pageDataGBps).padStart(9)}  ${String(m.effectiveGBps).padStart(8)}  ${String(m.blocktimeMs ?? '-').padStart(12)}  ${String(m.requests ?? '-').padStart(5)}  ${lat.padStart(14)}  ${String(m.recoveryMs ?? '-').padStart(11)}  ${`${m.destPeakRssMiB}/${m.ramMiB}`.padStart(16)}  ${m.bad}`,
+      `${r.name.padEnd(w)} ${String(m.totalMs).padStart(8)}  ${String(m.downtimeMs).padStart(11)}  ${String(m.downtimeAckedMs ?? '-').padStart(7)}  ${String(m.pageDataGBps).padStart(9)}  ${String(m.effectiveGBps).padStart(8)}  ${String(m.blocktimeMs ?? '-').padStart(12)}  ${String(m.requests ?? '-').padStart(5)}  ${lat.padStart(14)}  ${String(m.recoveryMs ?? '-').padStart(11)}  ${`${m.destPeakRssMiB}/${m.ramMiB}`.padStart(16)}  ${m.bad}`,
     );
   }
 }

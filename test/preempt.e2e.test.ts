@@ -34,6 +34,33 @@ describe('postcopy with a preempt channel between two processes', function () {
     expect(rr.postcopy.preempt.pages).to.be.at.least(1);
     expect(near(rr.postcopy.preempt.pages, sr.postcopy.preempt.pages), 'pages that arrived on preempt').to.equal(true);
     expect(rr.postcopy.guestProgress).to.be.greaterThan(0);
+    // By default the threads at both ends of the channel run with a short scheduler slice.
+    expect(sr.postcopy.preempt.scheduling).to.equal('short-slice');
+    expect(rr.postcopy.preempt.scheduling).to.equal('short-slice');
+  });
+
+  it('with --preempt-realtime on both ends, the threads that serve and place requested pages run realtime, and the guest verifies', async () => {
+    const recv = migrate('recv', '--listen', '127.0.0.1:0', '--run-after', '300', '--preempt-realtime', '--json');
+    const addr = await recv.listening();
+    const send = migrate('send', '--to', addr, '--ram', '256M', '--vcpus', '2', '--migrate-after', '1000', '--downtime-limit', '1', '--postcopy', '--postcopy-after', '300', '--preempt', '--preempt-realtime', '--json');
+    const [s, r] = await Promise.all([send.done(), recv.done()]);
+    expect(s.code, send.stderr).to.equal(0);
+    expect(r.code, recv.stderr).to.equal(0);
+    const sr = send.report();
+    const rr = recv.report();
+    expect(rr.mode).to.equal('postcopy');
+    expect(rr.integrity).to.include({ checked: true, pages: 65536, bad: 0 });
+    expect(rr.postcopy.preempt.requests).to.be.greaterThan(0);
+    expect(sr.postcopy.preempt.scheduling).to.equal('realtime');
+    expect(rr.postcopy.preempt.scheduling).to.equal('realtime');
+    expect(rr.postcopy.guestProgress).to.be.greaterThan(0);
+  });
+
+  it('send refuses --preempt-realtime without --preempt, with a usage error (exit 2)', async () => {
+    const send = migrate('send', '--to', '127.0.0.1:9', '--ram', '16M', '--postcopy', '--preempt-realtime');
+    const s = await send.done(30_000);
+    expect(s.code).to.equal(2);
+    expect(send.stderr).to.include('--preempt-realtime needs --preempt');
   });
 
   it('completes as precopy when precopy converges first, the preempt channel closing without harm', async () => {

@@ -30,6 +30,7 @@ export interface RecvArgs {
   tlsPskIdentity?: string;
   tlsAuthz?: string[];
   autoRecover: boolean;
+  preemptRealtime: boolean;
 }
 
 export interface ReceiveResult {
@@ -47,6 +48,7 @@ export async function receiveOnce(a: {
   progress: boolean;
   refuseFeature?: string;
   autoRecover?: boolean;
+  preemptRealtime?: boolean;
   tls?: TlsCredentials;
   ctl?: DestControl;
 }): Promise<ReceiveResult> {
@@ -58,6 +60,7 @@ export async function receiveOnce(a: {
     guestPort: a.guestPort,
     refuseFeatures: a.refuseFeature ? a.refuseFeature.split(',').map((x) => x.trim()).filter(Boolean) : undefined,
     autoRecover: a.autoRecover ?? false,
+    preemptRealtime: a.preemptRealtime ?? false,
     tls: a.tls,
     onProgress: (p) => {
       progress.dest(p);

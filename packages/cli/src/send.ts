@@ -32,6 +32,7 @@ export interface SendArgs {
   postcopyAfter: string;
   postcopyFallback: 'precopy' | 'fail';
   preempt: boolean;
+  preemptRealtime: boolean;
   runAfter: number;
   json: boolean;
   progress: boolean;
@@ -48,6 +49,10 @@ export interface SendArgs {
 export async function runSend(a: SendArgs): Promise<number> {
   if (a.preempt && !a.postcopy) {
     process.stderr.write('migrate send: --preempt needs --postcopy\n');
+    return 2;
+  }
+  if (a.preemptRealtime && !a.preempt) {
+    process.stderr.write('migrate send: --preempt-realtime needs --preempt\n');
     return 2;
   }
   let tls: TlsCredentials | undefined;
@@ -117,6 +122,7 @@ export async function sendMachine(
     postcopyAfter?: string;
     postcopyFallback?: 'precopy' | 'fail';
     preempt?: boolean;
+    preemptRealtime?: boolean;
     autoRecover?: boolean;
     maxPostcopyBandwidth?: string;
     /** With autoRecover: seconds to keep trying. */
@@ -139,6 +145,7 @@ export async function sendMachine(
     postcopyAfter,
     postcopyFallback: a.postcopyFallback ?? 'precopy',
     preempt: a.preempt ?? false,
+    preemptRealtime: a.preemptRealtime ?? false,
     autoRecover: a.autoRecover ?? false,
     autoRecoverMs: (a.recoverTimeout ?? 60) * 1000,
     tls: a.tls,

@@ -46,6 +46,12 @@ export interface FaultEvents {
 export interface FaultHandlerOptions {
   /** The fault thread will own the preempt channel (see `attachPreempt`). */
   preempt?: boolean;
+  /**
+   * Preempt: run the fault thread as a realtime thread (SCHED_FIFO, lowest priority) so a
+   * page arriving on the preempt channel is placed at once even while every CPU is busy;
+   * a short scheduler slice where the kernel refuses (see `requestRealtime`). Default false.
+   */
+  realtime?: boolean;
 }
 
 export class FaultHandler {
@@ -67,6 +73,7 @@ export class FaultHandler {
       stopFd: this.stopFd.fd,
       blocks,
       preempt: opts.preempt ?? false,
+      realtime: opts.realtime ?? false,
       received: (opts.received?.buffer as SharedArrayBuffer | undefined) ?? new SharedArrayBuffer(4),
     };
     this.worker = new Worker(new URL('./fault-worker.js', import.meta.url), { workerData: data });

@@ -3,6 +3,8 @@
  * thread starts with, the layout of the fault batches it posts, and the messages about the
  * preempt channel the thread owns when preempt is on.
  */
+import type { ThreadScheduling } from '@livemig/uffd';
+
 export interface FaultWorkerBlock {
   name: string;
   addr: number;
@@ -23,6 +25,8 @@ export interface FaultWorkerData {
    * it brings.
    */
   preempt: boolean;
+  /** Preempt mode: ask to run as a realtime thread (a short slice where refused). */
+  realtime: boolean;
   /** Int32 counter shared with the placer: pages this thread placed and counted as received. */
   received: SharedArrayBuffer;
 }
@@ -80,4 +84,6 @@ export interface PreemptStats {
   bytes: number;
   /** Of those, pages that were still missing and were placed from it. */
   placed: number;
+  /** How the kernel scheduled the fault thread (set by the thread, not the channel). */
+  scheduling?: ThreadScheduling;
 }

@@ -74,6 +74,15 @@ export interface IncomingOptions {
    */
   refuseFeatures?: string[];
   /**
+   * When the source uses a preempt channel: run the fault thread, which owns that channel and
+   * places the pages it brings, as a realtime thread (SCHED_FIFO at the lowest priority), so an
+   * urgent page is placed at once even while every CPU is busy. It sleeps between pages and
+   * does a bounded amount of work per wake. Needs CAP_SYS_NICE; where the kernel refuses, the
+   * thread gets a short scheduler slice, as without this option. The report says which
+   * (`postcopy.preempt.scheduling`). Default false.
+   */
+  preemptRealtime?: boolean;
+  /**
    * Postcopy recovery: keep listening on this address after a channel fails in postcopy, so
    * the source can reconnect by itself (default false: `recover()` opens a listener).
    */
@@ -693,7 +702,7 @@ class IncomingSession {
         // A fault outside every block, or the fault thread dying: the guest cannot go on.
         fatal: (err) => void this.fail(err),
       },
-      { preempt: this.preemptWanted, received: placer.receivedElsewhere },
+      { preempt: this.preemptWanted, realtime: this.opts.preemptRealtime ?? false, received: placer.receivedElsewhere },
     );
     for (const s of this.preemptSockets.splice(0)) this.attachPreempt(s);
     this.ch!.send({ type: MsgType.ACK, of: MsgType.ADVISE, info: { ok: true } });
@@ -837,7 +846,9 @@ class IncomingSession {
       latencyHistogram: this.latency.histogramObject(),
       durationMs: round1(endAt - this.runAt),
       guestProgress: sum(machine.progress?.() ?? []) - this.progressAtRun,
-      ...(preempt ? { preempt: { requests: preempt.requests, pages: preempt.pages, bytes: preempt.bytes } } : {}),
+      ...(preempt
+        ? { preempt: { requests: preempt.requests, pages: preempt.pages, bytes: preempt.bytes, ...(preempt.scheduling ? { scheduling: preempt.scheduling } : {}) } }
+        : {}),
     };
     r.recoveries = this.recoveries;
     r.pausedMs = round1(this.pausedMs);

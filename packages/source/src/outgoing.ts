@@ -77,6 +77,16 @@ export interface OutgoingOptions {
    */
   preempt?: boolean;
   /**
+   * Run the thread that answers page requests on the preempt channel as a realtime thread
+   * (SCHED_FIFO at the lowest priority): it answers at once even while every CPU is busy with
+   * the background stream and the guest (request p50 here ~140 µs instead of ~190, p99 ~0.6 ms
+   * instead of ~3 ms; the background stream gets less CPU meanwhile). It sleeps between requests
+   * and does a bounded amount of work per request. Needs CAP_SYS_NICE; where the kernel refuses,
+   * the thread gets a short scheduler slice, as without this option. The report says which
+   * (`postcopy.preempt.scheduling`). Default false.
+   */
+  preemptRealtime?: boolean;
+  /**
    * Postcopy recovery: after a channel fails in postcopy, reconnect by itself, with backoff,
    * for `autoRecoverMs` (default false: wait for `resume()`). Either way the migration pauses
    * instead of failing, and nothing is lost as long as both processes live.
@@ -557,7 +567,9 @@ export class OutgoingMigration {
         report.postcopy = {
           requests: st.requests,
           durationMs: round1(performance.now() - postStart),
-          ...(this.preempt ? { preempt: { requests: st.urgentRequests, pages: st.urgentPages, bytes: st.urgentBytes } } : {}),
+          ...(this.preempt
+            ? { preempt: { requests: st.urgentRequests, pages: st.urgentPages, bytes: st.urgentBytes, ...(this.preempt.scheduling ? { scheduling: this.preempt.scheduling } : {}) } }
+            : {}),
         };
         report.ram.postcopyBytes = sender.stats.dataBytes - precopyBytes;
         report.recoveries = this.recoveries;
@@ -690,13 +702,16 @@ export class OutgoingMigration {
 
   /** Starts the preempt thread; its reports reach the postcopy server and the link handling. */
   private startPreemptThread(): PreemptThread {
-    return new PreemptThread({
-      sent: (ranges, onChannel, pages, bytes) => this.server?.urgentSent(ranges, onChannel, pages, bytes),
-      closed: (err) => {
-        if (this.phase !== 'completed' && !this.ending) this.onLinkLost('preempt', new Error(`preempt channel: ${err.message}`));
+    return new PreemptThread(
+      {
+        sent: (ranges, onChannel, pages, bytes) => this.server?.urgentSent(ranges, onChannel, pages, bytes),
+        closed: (err) => {
+          if (this.phase !== 'completed' && !this.ending) this.onLinkLost('preempt', new Error(`preempt channel: ${err.message}`));
+        },
+        fatal: (err) => this.onLinkLost('preempt', err),
       },
-      fatal: (err) => this.onLinkLost('preempt', err),
-    });
+      { realtime: this.opts.preemptRealtime ?? false },
+    );
   }
 
   /**

@@ -3,6 +3,13 @@
  * thread (preempt-thread.ts ↔ preempt-worker.ts).
  */
 import type { Endpoint, TlsCredentials } from '@livemig/transport';
+import type { ThreadScheduling } from '@livemig/uffd';
+
+/** The thread's workerData. */
+export interface PreemptWorkerData {
+  /** Ask to run as a realtime thread (falls back to a short slice when refused). */
+  realtime: boolean;
+}
 
 /** A block as the preempt thread sees it: guest RAM by address, bitmaps by shared memory. */
 export interface ServeBlock {
@@ -37,6 +44,8 @@ export type PreemptIn =
 
 /** Preempt thread → main thread. */
 export type PreemptOut =
+  /** How the kernel schedules the thread, posted once as it starts. */
+  | { type: 'scheduling'; scheduling: ThreadScheduling }
   | { type: 'connected'; id: number; label: string }
   | { type: 'connect-failed'; id: number; message: string }
   /**

@@ -9,12 +9,12 @@
  *
  * Messages are typed in preempt-messages.ts; the main thread's side is preempt-thread.ts.
  */
-import { isMainThread, parentPort } from 'node:worker_threads';
+import { isMainThread, parentPort, workerData } from 'node:worker_threads';
 import { BlockTable, MsgType, type Frame, type ReqPagesMessage } from '@livemig/protocol';
 import { connectChannel, startKeepalive, type Channel } from '@livemig/transport';
-import { viewAt, requestShortSlice } from '@livemig/uffd';
+import { viewAt, promptScheduling } from '@livemig/uffd';
 import { UrgentPages, type UrgentBlock } from './urgent-pages.js';
-import type { PreemptIn, PreemptOut, ServeBlock } from './preempt-messages.js';
+import type { PreemptIn, PreemptOut, PreemptWorkerData, ServeBlock } from './preempt-messages.js';
 
 function post(m: PreemptOut): void {
   parentPort!.postMessage(m);
@@ -156,9 +156,10 @@ class PreemptWorker {
 }
 
 if (!isMainThread) {
-  // Woken by a request while both CPUs run bulk work: ask to run at once (a short EEVDF
-  // slice), not at the end of another thread's slice.
-  requestShortSlice();
+  // Woken by a request while both CPUs run bulk work: ask to run at once (realtime if the
+  // user chose it and the kernel allows, else a short EEVDF slice), not at the end of another
+  // thread's slice.
+  post({ type: 'scheduling', scheduling: promptScheduling((workerData as PreemptWorkerData).realtime) });
   const w = new PreemptWorker();
   parentPort!.on('message', (m: PreemptIn) => {
     try {

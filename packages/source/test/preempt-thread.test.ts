@@ -4,13 +4,14 @@
  * answers requests read on it from guest RAM in shared memory, and reports what it sent.
  */
 import { expect } from 'chai';
+import fs from 'node:fs';
 import net from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { MsgType, type Frame } from '@livemig/protocol';
 import { acceptChannel, type Channel } from '@livemig/transport';
 import { mapAnonymous, type Mapping } from '@livemig/uffd';
 import { PageBitmap, PREFETCH_MIN } from '@livemig/source';
-import { PreemptThread, type PreemptThreadEvents } from '../dist/preempt-thread.js';
+import { PreemptThread, type PreemptThreadEvents, type PreemptThreadOptions } from '../dist/preempt-thread.js';
 
 const PS = 4096;
 const PAGES = 1024;
@@ -62,14 +63,14 @@ interface Recorded {
 }
 
 /** A thread serving one 4 MiB block whose page p holds the byte p % 251 + 1, all dirty. */
-function thread(): { t: PreemptThread; rec: Recorded; ram: Mapping; dirty: PageBitmap } {
+function thread(opts: PreemptThreadOptions = {}): { t: PreemptThread; rec: Recorded; ram: Mapping; dirty: PageBitmap } {
   const rec: Recorded = { sent: [], closed: [], fatal: [] };
   const events: PreemptThreadEvents = {
     sent: (ranges, onChannel, pages, bytes) => rec.sent.push({ ranges: Array.from(ranges), onChannel, pages, bytes }),
     closed: (e) => rec.closed.push(e),
     fatal: (e) => rec.fatal.push(e),
   };
-  const t = new PreemptThread(events);
+  const t = new PreemptThread(events, opts);
   threads.push(t);
   const ram = mapAnonymous(PAGES * PS, { name: 'ram0' });
   mappings.push(ram);
@@ -92,6 +93,23 @@ const pageRuns = (frames: Got[]): Got[] => frames.filter((f) => f.msg.type === M
 
 describe('PreemptThread', function () {
   this.timeout(10_000);
+
+  it('runs with a short scheduler slice by default, and says so', async () => {
+    const { t } = thread();
+    await until(() => t.scheduling !== null, 'the thread to start');
+    expect(t.scheduling).to.equal('short-slice');
+  });
+
+  it('runs realtime when asked (the kernel allows it here, as root), and says so', async () => {
+    const fifoThreads = (): number =>
+      fs.readdirSync('/proc/self/task').filter((tid) => /^policy\s*:\s*1$/m.test(fs.readFileSync(`/proc/self/task/${tid}/sched`, 'utf8'))).length;
+    const before = fifoThreads();
+    const { t } = thread({ realtime: true });
+    await until(() => t.scheduling !== null, 'the thread to start');
+    expect(t.scheduling).to.equal('realtime');
+    // And the kernel agrees: one more thread of this process is SCHED_FIFO now.
+    expect(fifoThreads()).to.equal(before + 1);
+  });
 
   it('dials the preempt channel with the migration UUID and resolves with its label', async () => {
     const dest = await listener();

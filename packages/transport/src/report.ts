@@ -3,6 +3,8 @@
  * from their library calls. Field names are a public contract: later features add fields,
  * never rename these.
  */
+import type { ThreadScheduling } from '@livemig/uffd';
+
 export type MigrationStatus = 'completed' | 'failed' | 'cancelled';
 export type MigrationMode = 'precopy' | 'postcopy';
 
@@ -71,6 +73,11 @@ export interface PreemptReport {
   pages: number;
   /** Page payload bytes it carried. */
   bytes: number;
+  /**
+   * How the kernel scheduled the thread that served it on this end: `realtime` (asked for
+   * and granted), `short-slice` (the default, or realtime refused), `default` (neither granted).
+   */
+  scheduling?: ThreadScheduling;
 }
 
 export interface MigrationReport {

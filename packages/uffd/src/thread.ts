@@ -1,7 +1,8 @@
 /**
  * thread.ts — owns what the calling OS thread is to the kernel: its id (`gettid`), as
  * userfaultfd reports it, and how promptly the scheduler runs it when it wakes
- * (`requestShortSlice`).
+ * (`requestShortSlice`, `requestRealtime`, and `promptScheduling`, which picks the best the
+ * kernel grants).
  */
 import { c } from './libc.js';
 
@@ -10,6 +11,12 @@ export const SYS_sched_setattr = 314;
 /** sizeof(struct sched_attr), SCHED_ATTR_SIZE_VER1. */
 const SCHED_ATTR_SIZE = 56;
 const SCHED_OTHER = 0;
+const SCHED_FIFO = 1;
+/** Threads this thread creates start with the default policy, not realtime. */
+const SCHED_FLAG_RESET_ON_FORK = 1n;
+
+/** How a thread asked to be run promptly is scheduled: what `promptScheduling` got. */
+export type ThreadScheduling = 'realtime' | 'short-slice' | 'default';
 
 /** The kernel thread id of the calling thread (main thread or worker). */
 export function gettid(): number {
@@ -25,12 +32,37 @@ export function gettid(): number {
  * kernel): nothing changes then.
  */
 export function requestShortSlice(sliceNs = 100_000): boolean {
+  return setAttr(SCHED_OTHER, 0n, 0, BigInt(sliceNs));
+}
+
+/**
+ * Makes the calling thread a realtime thread (SCHED_FIFO, `priority` 1–99, default 1, the
+ * lowest): when it wakes it runs at once, ahead of every ordinary thread, and keeps the CPU
+ * until it sleeps again. Only for a thread that sleeps on a descriptor and does a bounded
+ * amount of work per wake. The kernel still keeps 5% of each second for ordinary threads
+ * (sched_rt_runtime_us). Threads it creates start ordinary (SCHED_RESET_ON_FORK). Needs
+ * CAP_SYS_NICE or an RLIMIT_RTPRIO allowance; returns false when refused, nothing changed.
+ */
+export function requestRealtime(priority = 1): boolean {
+  return setAttr(SCHED_FIFO, SCHED_FLAG_RESET_ON_FORK, priority, 0n);
+}
+
+/**
+ * Asks for the most prompt scheduling the kernel grants the calling thread: realtime when
+ * `realtime` is set and allowed, else a short slice, else nothing changes. Returns which.
+ */
+export function promptScheduling(realtime: boolean): ThreadScheduling {
+  if (realtime && requestRealtime()) return 'realtime';
+  return requestShortSlice() ? 'short-slice' : 'default';
+}
+
+function setAttr(policy: number, flags: bigint, priority: number, runtimeNs: bigint): boolean {
   const attr = Buffer.alloc(SCHED_ATTR_SIZE);
   attr.writeUInt32LE(SCHED_ATTR_SIZE, 0); // size
-  attr.writeUInt32LE(SCHED_OTHER, 4); // sched_policy
-  attr.writeBigUInt64LE(0n, 8); // sched_flags
+  attr.writeUInt32LE(policy, 4); // sched_policy
+  attr.writeBigUInt64LE(flags, 8); // sched_flags
   attr.writeInt32LE(0, 16); // sched_nice
-  attr.writeUInt32LE(0, 20); // sched_priority
-  attr.writeBigUInt64LE(BigInt(sliceNs), 24); // sched_runtime: the custom slice
+  attr.writeUInt32LE(priority, 20); // sched_priority
+  attr.writeBigUInt64LE(runtimeNs, 24); // sched_runtime: the custom slice (SCHED_OTHER)
   return c.syscall3Buf(SYS_sched_setattr, 0, attr, 0) === 0;
 }

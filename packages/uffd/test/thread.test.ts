@@ -1,11 +1,16 @@
 /**
- * thread.test.ts — the calling thread as the kernel sees it: its id and its scheduler slice.
- * Slices are changed in a worker of their own, never on the test runner's thread.
+ * thread.test.ts — the calling thread as the kernel sees it: its id, its scheduler slice and
+ * policy. Scheduling is changed in a worker of their own, never on the test runner's thread.
  */
 import { Worker } from 'node:worker_threads';
 import { readFileSync } from 'node:fs';
 import { expect } from 'chai';
 import { gettid } from '@livemig/uffd';
+
+/** The test runner's thread as /proc says it is scheduled. */
+function ownSched(): string {
+  return readFileSync('/proc/thread-self/sched', 'utf8').match(/^(policy|prio|se\.slice)\s*:.*$/gm)!.join('\n');
+}
 
 const UFFD = new URL('../dist/index.js', import.meta.url).href;
 
@@ -14,8 +19,10 @@ function inWorker<T>(body: string): Promise<T> {
   const code = `
     const { parentPort } = require('node:worker_threads');
     const { readFileSync } = require('node:fs');
-    const slice = () => Number(/^se\\.slice\\s*:\\s*(\\d+)/m.exec(readFileSync('/proc/thread-self/sched', 'utf8'))[1]);
-    import(${JSON.stringify(UFFD)}).then(async (u) => parentPort.postMessage(await (${body})(u, slice)));
+    const field = (name) => Number(new RegExp('^' + name + '\\\\s*:\\\\s*(\\\\d+)', 'm').exec(readFileSync('/proc/thread-self/sched', 'utf8'))[1]);
+    const slice = () => field('se\\\\.slice');
+    const sched = () => ({ policy: field('policy'), prio: field('prio') });
+    import(${JSON.stringify(UFFD)}).then(async (u) => parentPort.postMessage(await (${body})(u, slice, sched)));
   `;
   return new Promise<T>((resolve, reject) => {
     const w = new Worker(code, { eval: true });
@@ -52,5 +59,51 @@ describe('thread', () => {
     const r = await inWorker<boolean>('(u) => u.requestShortSlice(120000)');
     expect(r).to.equal(true);
     expect(readFileSync('/proc/thread-self/sched', 'utf8').match(/^se\.slice\s*:\s*(\d+)/m)![1]).to.equal(before);
+  });
+
+  it('requestRealtime makes the calling thread SCHED_FIFO at priority 1', async () => {
+    const r = await inWorker<{ ok: boolean; before: { policy: number }; after: { policy: number; prio: number } }>(
+      '(u, slice, sched) => { const before = sched(); const ok = u.requestRealtime(); return { ok, before, after: sched() }; }',
+    );
+    expect(r.ok).to.equal(true);
+    expect(r.before.policy).to.equal(0);
+    expect(r.after.policy).to.equal(1); // SCHED_FIFO
+    expect(r.after.prio).to.equal(98); // the kernel's prio for rt_priority 1: 99 - 1
+  });
+
+  it('requestRealtime refused (priority out of range) returns false and leaves the thread ordinary', async () => {
+    const r = await inWorker<{ ok: boolean; after: { policy: number } }>('(u, slice, sched) => ({ ok: u.requestRealtime(100), after: sched() })');
+    expect(r.ok).to.equal(false);
+    expect(r.after.policy).to.equal(0);
+  });
+
+  it('promptScheduling(true) gets realtime where it is allowed', async () => {
+    const r = await inWorker<{ got: string; policy: number }>('(u, slice, sched) => ({ got: u.promptScheduling(true), policy: sched().policy })');
+    expect(r).to.deep.equal({ got: 'realtime', policy: 1 });
+  });
+
+  it('promptScheduling(false) gets a short slice and stays SCHED_OTHER', async () => {
+    const r = await inWorker<{ got: string; policy: number; slice: number }>('(u, slice, sched) => ({ got: u.promptScheduling(false), policy: sched().policy, slice: slice() })');
+    expect(r).to.deep.equal({ got: 'short-slice', policy: 0, slice: 100000 });
+  });
+
+  it('requestRealtime changes only the calling thread', async () => {
+    const before = ownSched();
+    expect(await inWorker<boolean>('(u) => u.requestRealtime()')).to.equal(true);
+    expect(ownSched()).to.equal(before);
+  });
+
+  it('a thread created by a realtime thread starts ordinary (reset on fork)', async () => {
+    const r = await inWorker<{ ok: boolean; child: number }>(`async (u) => {
+      const ok = u.requestRealtime();
+      const { Worker } = require('node:worker_threads');
+      const child = await new Promise((resolve, reject) => {
+        const w = new Worker("require('node:worker_threads').parentPort.postMessage(Number(/^policy\\\\s*:\\\\s*(\\\\d+)/m.exec(require('node:fs').readFileSync('/proc/thread-self/sched', 'utf8'))[1]))", { eval: true });
+        w.once('message', (m) => { resolve(m); void w.terminate(); });
+        w.once('error', reject);
+      });
+      return { ok, child };
+    }`);
+    expect(r).to.deep.equal({ ok: true, child: 0 });
   });
 });
