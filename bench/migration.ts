@@ -19,7 +19,10 @@
 //                  the source spent paused (cut → running again)
 //
 // Page-data rate = page bytes moved / (total time − setup time); the zero guest's figure is
-// "effective": RAM size / (total − setup). Run: `node --import tsx bench/migration.ts`.
+// "effective": RAM size / (total − setup). Downtime: what the source reports (from the stop
+// to the destination's vCPUs running, without the confirmation's way back), "(acked)" with
+// it, and "(clock)" the same pause read off the host's monotonic clock from both ends' trace
+// lines: a check on the reported figure. Run: `node --import tsx bench/migration.ts`.
 //
 // Warm memory: this machine is a Firecracker VM whose RAM the host backs lazily and takes
 // back (free page reporting, 2 s after a page is freed): the first write to a guest-physical
@@ -105,7 +108,8 @@ export const SCENARIOS: Scenario[] = [
 type Report = Record<string, any>;
 
 function run(args: string[]): { done: Promise<{ code: number | null; out: string; err: string }>; onErr: (re: RegExp) => Promise<string> } {
-  const child = spawn(process.execPath, [MIGRATE, ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+  // Traced (buffered in memory, written after the switchover): the downtime on the host's clock.
+  const child = spawn(process.execPath, [MIGRATE, ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, LIVEMIG_TRACE: '1' } });
   let out = '';
   let err = '';
   const waiters: Array<() => void> = [];
@@ -138,6 +142,12 @@ export interface RunFigures {
   downtimeMs: number;
   /** Source: stop → the destination's confirmation arrived (downtimeMs leaves out its way back). */
   downtimeAckedMs: number;
+  /**
+   * The same pause read off the host's monotonic clock, which both ends share here: the
+   * source's trace line "stopping the guest" → the destination's "guest started". A check on
+   * downtimeMs, which each end works out from its own clock and a measured round trip.
+   */
+  downtimeClockMs?: number;
   setupMs: number;
   pageDataGBps: number;
   effectiveGBps: number;
@@ -237,12 +247,16 @@ export async function runOnce(s: Scenario, warm = true): Promise<RunFigures> {
   }
   const sr = last(so.out);
   const rr = last(ro.out);
+  const stopping = /\[trace source ([\d.]+) s\] stopping the guest/.exec(so.err);
+  const started = /\[trace dest ([\d.]+) s\] guest started/.exec(ro.err);
+  const downtimeClockMs = stopping && started ? Math.round((Number(started[1]) - Number(stopping[1])) * 1e4) / 10 : undefined;
   const moveMs = sr.totalTimeMs - sr.setupTimeMs;
   const dataBytes = sr.ram.precopyBytes + sr.ram.postcopyBytes;
   return {
     totalMs: sr.totalTimeMs,
     downtimeMs: sr.downtimeMs,
     downtimeAckedMs: sr.downtimeAckedMs ?? sr.downtimeMs,
+    downtimeClockMs,
     setupMs: sr.setupTimeMs,
     pageDataGBps: dataBytes / moveMs / 1e6,
     effectiveGBps: sr.ram.totalBytes / moveMs / 1e6,
@@ -289,12 +303,12 @@ export async function runMigrationBench(opts: { runs?: number; only?: string[]; 
 
 export function printMigrationTable(results: ScenarioResult[]): void {
   const w = Math.max(18, ...results.map((r) => r.name.length));
-  console.log(`${'scenario'.padEnd(w)} total ms  downtime ms  (acked)  data GB/s  eff GB/s  blocktime ms    req  lat p50/p99 µs  recovery ms  dest RSS/RAM MiB  bad`);
+  console.log(`${'scenario'.padEnd(w)} total ms  downtime ms  (acked)  (clock)  data GB/s  eff GB/s  blocktime ms    req  lat p50/p99 µs  recovery ms  dest RSS/RAM MiB  bad`);
   for (const r of results) {
     const m = r.median;
     const lat = m.latencyP50Us !== undefined ? `${m.latencyP50Us}/${m.latencyP99Us}` : '-';
     console.log(
-      `${r.name.padEnd(w)} ${String(m.totalMs).padStart(8)}  ${String(m.downtimeMs).padStart(11)}  ${String(m.downtimeAckedMs ?? '-').padStart(7)}  ${String(m.pageDataGBps).padStart(9)}  ${String(m.effectiveGBps).padStart(8)}  ${String(m.blocktimeMs ?? '-').padStart(12)}  ${String(m.requests ?? '-').padStart(5)}  ${lat.padStart(14)}  ${String(m.recoveryMs ?? '-').padStart(11)}  ${`${m.destPeakRssMiB}/${m.ramMiB}`.padStart(16)}  ${m.bad}`,
+      `${r.name.padEnd(w)} ${String(m.totalMs).padStart(8)}  ${String(m.downtimeMs).padStart(11)}  ${String(m.downtimeAckedMs ?? '-').padStart(7)}  ${String(m.downtimeClockMs ?? '-').padStart(7)}  ${String(m.pageDataGBps).padStart(9)}  ${String(m.effectiveGBps).padStart(8)}  ${String(m.blocktimeMs ?? '-').padStart(12)}  ${String(m.requests ?? '-').padStart(5)}  ${lat.padStart(14)}  ${String(m.recoveryMs ?? '-').padStart(11)}  ${`${m.destPeakRssMiB}/${m.ramMiB}`.padStart(16)}  ${m.bad}`,
     );
   }
 }

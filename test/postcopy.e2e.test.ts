@@ -6,7 +6,7 @@ import { expect } from 'chai';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { ROOT, freePort, migrate, waitHttp } from './support/procs.js';
+import { ROOT, freePort, migrate, migrateTraced, traceTimeMs, waitHttp } from './support/procs.js';
 import { QmpClient } from './support/qmp.js';
 
 const SCRIBBLE = path.join(ROOT, 'test/fixtures/scribble-guest.mjs');
@@ -41,6 +41,20 @@ describe('postcopy migration between two processes', function () {
     // The guest's pause leaves out the acknowledgement's way back, and nothing else.
     expect(sr.downtimeMs).to.be.greaterThan(0);
     expect(sr.downtimeAckedMs).to.be.at.least(sr.downtimeMs);
+  });
+
+  it('the downtime the source reports agrees within 1 ms with the pause read off the host clock both ends share (stop → vCPUs running there)', async () => {
+    const recv = migrateTraced('recv', '--listen', '127.0.0.1:0', '--json');
+    const addr = await recv.listening();
+    const send = migrateTraced('send', '--to', addr, '--ram', '128M', '--vcpus', '1', '--migrate-after', '500', '--downtime-limit', '1', '--postcopy', '--postcopy-after', '200', '--json');
+    const [s, r] = await Promise.all([send.done(), recv.done()]);
+    expect(s.code, send.stderr).to.equal(0);
+    expect(r.code, recv.stderr).to.equal(0);
+    const sr = send.report();
+    expect(sr.mode).to.equal('postcopy');
+    const clockMs = traceTimeMs(recv.stderr, 'dest', 'guest started') - traceTimeMs(send.stderr, 'source', 'stopping the guest');
+    expect(clockMs).to.be.greaterThan(0);
+    expect(Math.abs(sr.downtimeMs - clockMs), `reported ${sr.downtimeMs} ms, clock ${clockMs.toFixed(2)} ms`).to.be.at.most(1);
   });
 
   it('the source keeps dirty tracking on its RAM through postcopy (ending it holds the source for a long moment, just when the first page requests come)', async () => {

@@ -23,8 +23,8 @@ export class MigrateProcess {
   readonly exited: Promise<Exit>;
   private listeners: Array<() => void> = [];
 
-  constructor(args: string[]) {
-    this.child = spawn(process.execPath, [MIGRATE, ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+  constructor(args: string[], env: Record<string, string> = {}) {
+    this.child = spawn(process.execPath, [MIGRATE, ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
     this.child.stdout!.setEncoding('utf8').on('data', (s: string) => {
       this.stdout += s;
       this.notify();
@@ -108,6 +108,20 @@ export class MigrateProcess {
 
 export function migrate(...args: string[]): MigrateProcess {
   return new MigrateProcess(args);
+}
+
+/** `migrate` with LIVEMIG_TRACE=1: its phase lines, stamped with the host's monotonic clock, on stderr. */
+export function migrateTraced(...args: string[]): MigrateProcess {
+  return new MigrateProcess(args, { LIVEMIG_TRACE: '1' });
+}
+
+/** The time (ms, host monotonic clock) of the first trace line of `side` starting with `what`. */
+export function traceTimeMs(stderr: string, side: 'source' | 'dest', what: string): number {
+  for (const line of stderr.split('\n')) {
+    const m = /^\[trace (\w+) ([\d.]+) s\] (.*)$/.exec(line);
+    if (m && m[1] === side && m[3]!.startsWith(what)) return Number(m[2]) * 1000;
+  }
+  throw new Error(`no trace line "${what}" of the ${side} in: ${stderr}`);
 }
 
 /** A TCP port that was free a moment ago on 127.0.0.1. */

@@ -174,6 +174,14 @@ describe('IncomingMigration', function () {
     expect(machine).to.equal(null);
   });
 
+  it('refuses STOPPED before SETUP with "STOPPED refused in state none"', async () => {
+    const { src, result } = await session();
+    src.ch.send({ type: MsgType.STOPPED });
+    const reason = await errorReason(src);
+    expect(reason).to.contain('STOPPED refused in state none');
+    expect((await result).report.status).to.equal('failed');
+  });
+
   it('refuses a page before SETUP', async () => {
     const { src, result } = await session();
     src.ch.send({ type: MsgType.ZERO, block: 'ram0', pageSize: PS, runs: [[0, 1]] });
@@ -418,6 +426,23 @@ describe('IncomingMigration', function () {
       expect(machine).to.not.equal(null);
       const integrity = await (machine as unknown as Machine).verify();
       expect(integrity).to.include({ checked: true, bad: 0, pages: 1024 });
+    });
+
+    it('times the guest\'s pause from STOPPED when the source sends it: SHUT\'s startedAfterUs includes the wait before COMPLETE', async () => {
+      const source = await stoppedSource();
+      const { src, result } = await session();
+      await setupAccepted(src, abSetup({ blocks: source.layout.map(({ name, length, pageSize }) => ({ name, length, pageSize })) }));
+      src.ch.send({ type: MsgType.STOPPED });
+      await sleep(60);
+      sendRam(src.ch, source.ram);
+      src.ch.send({ type: MsgType.DEVICE }, pack(source.device));
+      src.ch.send({ type: MsgType.COMPLETE });
+      const shut = await src.next(MsgType.SHUT);
+      expect(shut).to.include({ type: MsgType.SHUT, status: 'ok' });
+      expect((shut as { startedAfterUs?: number }).startedAfterUs).to.be.at.least(60_000);
+      const { report } = await result;
+      expect(report.status, report.error).to.equal('completed');
+      expect(report.downtimeMs).to.be.at.least(60);
     });
 
     it('a page left out reads as zero on the destination and the guest then fails verification', async () => {

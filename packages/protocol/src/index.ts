@@ -12,7 +12,7 @@ export {
   type MsgTypeName, type Message, type MessageOf, type BlockInfo, type GuestInfo,
   type SetupMessage, type PagesMessage, type PageRunMessage, type ZeroMessage, type DeviceMessage,
   type RoundMessage, type AdviseMessage, type DiscardMessage, type ListenMessage, type RunMessage,
-  type EndMessage, type CompleteMessage, type PingMessage, type PongMessage, type AckMessage,
+  type EndMessage, type CompleteMessage, type StoppedMessage, type PingMessage, type PongMessage, type AckMessage,
   type ReqPagesMessage, type ShutMessage, type RecvBitmapMessage, type ResumeMessage,
   type ResumeAckMessage, type ErrorMessage,
 } from './messages.js';

@@ -33,6 +33,8 @@ export const MsgType = {
   RESUME_ACK: 20,
   // any channel
   ERROR: 21,
+  // main channel, source → destination
+  STOPPED: 22,
 } as const;
 export type MsgType = (typeof MsgType)[keyof typeof MsgType];
 export type MsgTypeName = keyof typeof MsgType;
@@ -167,6 +169,14 @@ export interface EndMessage {
 export interface CompleteMessage {
   type: typeof MsgType.COMPLETE;
 }
+/**
+ * The source has just stopped the guest for the switchover (sent at once, on a link left
+ * idle for it): the destination times the guest's pause from reading this, in its own clock,
+ * to its vCPUs running, and reports that time (SHUT `startedAfterUs`, or ACK of RUN).
+ */
+export interface StoppedMessage {
+  type: typeof MsgType.STOPPED;
+}
 export interface PingMessage {
   type: typeof MsgType.PING;
   id: number;
@@ -232,6 +242,7 @@ export type Message =
   | RunMessage
   | EndMessage
   | CompleteMessage
+  | StoppedMessage
   | PingMessage
   | PongMessage
   | AckMessage

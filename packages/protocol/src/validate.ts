@@ -247,7 +247,7 @@ export function validateMessage(msg: Message, payloadLength: number): void {
       str(m['reason'], f('reason'), MAX_REASON_CHARS, undefined, 1);
       if (m['code'] !== undefined) str(m['code'], f('code'), 64, CODE_RE, 1);
       break;
-    // DEVICE, LISTEN, RUN, END, COMPLETE, RESUME, RESUME_ACK: no fields
+    // DEVICE, LISTEN, RUN, END, COMPLETE, STOPPED, RESUME, RESUME_ACK: no fields
   }
   const expected = expectedPayloadLength(msg);
   if (expected >= 0 ? payloadLength !== expected : !(payloadLength >= 0))

@@ -18,7 +18,7 @@
  *   SHUT              s: status, r?: reason, u?: startedAfterUs
  *   RECV_BITMAP       b, n: pages
  *   ERROR             r: reason, c?: code
- *   DEVICE LISTEN RUN END COMPLETE RESUME RESUME_ACK: t only
+ *   DEVICE LISTEN RUN END COMPLETE STOPPED RESUME RESUME_ACK: t only
  */
 import { ProtocolError, describe } from './errors.js';
 import { MsgType, isMsgType, msgTypeName, MAX_BLOCKS, type Message, type BlockInfo } from './messages.js';
@@ -48,6 +48,7 @@ const KEYS: Record<number, [string[], string[]]> = {
   [MsgType.RESUME]: [[], []],
   [MsgType.RESUME_ACK]: [[], []],
   [MsgType.ERROR]: [['r'], ['c']],
+  [MsgType.STOPPED]: [[], []],
 };
 const ALLOWED_KEYS: Record<number, Set<string>> = {};
 for (const [t, [req, opt]] of Object.entries(KEYS)) ALLOWED_KEYS[Number(t)] = new Set(['t', ...req, ...opt]);

@@ -28,7 +28,7 @@ function randomMessage(r: Rand): { msg: Message; payload?: Buffer } {
     const at = int(r, POOL.length - n);
     return POOL.subarray(at, at + n);
   };
-  switch (int(r, 21) + 1) {
+  switch (int(r, 22) + 1) {
     case MsgType.SETUP:
       return { msg: {
         type: MsgType.SETUP,
@@ -58,6 +58,7 @@ function randomMessage(r: Rand): { msg: Message; payload?: Buffer } {
     case MsgType.RUN: return { msg: { type: MsgType.RUN } };
     case MsgType.END: return { msg: { type: MsgType.END } };
     case MsgType.COMPLETE: return { msg: { type: MsgType.COMPLETE } };
+    case MsgType.STOPPED: return { msg: { type: MsgType.STOPPED } };
     case MsgType.PING: return { msg: { type: MsgType.PING, id: int(r, 2 ** 32) } };
     case MsgType.PONG: return { msg: { type: MsgType.PONG, id: int(r, 2 ** 32) } };
     case MsgType.ACK: return { msg: r() < 0.5 ? { type: MsgType.ACK, of: MsgType.SETUP } : { type: MsgType.ACK, of: MsgType.ADVISE, info: { ok: true } } };

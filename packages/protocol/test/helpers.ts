@@ -68,6 +68,7 @@ export function sampleMessages(): Sample[] {
     { msg: { type: MsgType.RUN } },
     { msg: { type: MsgType.END } },
     { msg: { type: MsgType.COMPLETE } },
+    { msg: { type: MsgType.STOPPED } },
     { msg: { type: MsgType.PING, id: 7 } },
     { msg: { type: MsgType.PONG, id: 0xffffffff } },
     { msg: { type: MsgType.ACK, of: MsgType.SETUP, info: { uffd: true, features: 0x1ffff } } },

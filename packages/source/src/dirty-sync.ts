@@ -34,12 +34,15 @@ export class DirtySync {
 
   /**
    * Marks every page of block i written since the last sync as dirty (to send) and
-   * populated (it holds data now: read it when sending).
+   * populated (it holds data now: read it when sending). `last`: the guest is stopped for
+   * good here, nothing is written after this sync: the kernel need not write-protect the
+   * written pages again (DirtyTracker.scan with `rearm: false`; a later sync would still
+   * find them, so this is safe even if the guest ran on).
    */
-  sync(bitmaps: ReadonlyArray<{ dirty: PageBitmap; populated: PageBitmap }>): { pages: number; bytes: number } {
+  sync(bitmaps: ReadonlyArray<{ dirty: PageBitmap; populated: PageBitmap }>, opts: { last?: boolean } = {}): { pages: number; bytes: number } {
     let pages = 0;
     let bytes = 0;
-    for (const set of this.tracker.scan()) {
+    for (const set of this.tracker.scan(undefined, { rearm: !opts.last })) {
       const { dirty, populated } = bitmaps[set.index]!;
       const pageSize = this.blocks[set.index]!.pageSize;
       set.forEach((first, end) => {

@@ -454,11 +454,16 @@ export class OutgoingMigration {
         // --- stop and copy
         this.setPhase('stop-and-copy');
         const stoppedAt = performance.now();
+        trace('source', 'stopping the guest');
+        // The link is idle (the round trip above): STOPPED reaches the destination in half a
+        // round trip, and it times the rest of the pause itself.
+        this.send({ type: MsgType.STOPPED });
+        const markAt = performance.now();
         await this.machine.stop();
         trace('source', 'guest stopped');
         guestStopped = true;
         this.checkAbort();
-        dirty.sync(blocks);
+        dirty.sync(blocks, { last: true });
         trace('source', 'final dirty sync');
         // The guest is stopped: no turns of the event loop between batches, nothing to wait for.
         await this.sendDirty(sender, blocks, () => false, false);
@@ -473,7 +478,6 @@ export class OutgoingMigration {
         } finally {
           ch.uncork();
         }
-        const completeSentAt = performance.now();
         // From here the destination may start the guest at any moment: if the answer is lost,
         // resuming here could run it twice. Only an explicit refusal gives it back.
         this.pointOfNoReturn = true;
@@ -485,20 +489,24 @@ export class OutgoingMigration {
         }
         const ackedAt = performance.now();
         report.downtimeAckedMs = round1(ackedAt - stoppedAt);
-        report.downtimeMs = round1(guestPauseMs(stoppedAt, completeSentAt, ackedAt, rttMs, shut.msg.startedAfterUs));
+        report.downtimeMs = round1(guestPauseMs(stoppedAt, markAt, ackedAt, rttMs, shut.msg.startedAfterUs));
         precopyBytes = sender.stats.dataBytes;
       } else {
         // --- postcopy switchover, in QEMU's order
         this.setPhase('stop-and-copy');
         report.mode = 'postcopy';
         const stoppedAt = performance.now();
+        trace('source', 'stopping the guest');
+        // The link is idle (the round trip above): STOPPED reaches the destination in half a
+        // round trip, and it times the rest of the pause itself.
+        this.send({ type: MsgType.STOPPED });
+        const markAt = performance.now();
         await this.machine.stop();
         trace('source', 'guest stopped (postcopy)');
         guestStopped = true;
         this.checkAbort();
-        dirty.sync(blocks);
+        dirty.sync(blocks, { last: true });
         trace('source', 'final dirty sync');
-        this.server = new PostcopyServer(ch, sender, blocks, this.preempt, (e) => this.onLinkLost(null, e));
         // Postcopy runs at full speed unless told otherwise: the guest waits for these pages.
         this.limiter.setLimit(this.opts.maxPostcopyBandwidth ?? 0);
         // The last discards, the device state, LISTEN and RUN leave in one write: each write on
@@ -514,10 +522,11 @@ export class OutgoingMigration {
         } finally {
           ch.uncork();
         }
-        const runSentAt = performance.now();
+        // Made after RUN left, not in the downtime: the first request can only come later.
+        this.server = new PostcopyServer(ch, sender, blocks, this.preempt, (e) => this.onLinkLost(null, e));
+        this.pointOfNoReturn = true; // from RUN on, the guest lives on the destination
         report.discard = earlyDiscard ? addDiscards(earlyDiscard, late) : late;
         trace('source', `discards (${report.discard.ranges} ranges), device state, LISTEN and RUN sent`);
-        this.pointOfNoReturn = true; // from RUN on, the guest lives on the destination
         let startedAfterUs: unknown;
         try {
           const ack = await this.expect(MsgType.RUN);
@@ -532,7 +541,7 @@ export class OutgoingMigration {
         const ackedAt = performance.now();
         report.downtimeAckedMs = round1(ackedAt - stoppedAt);
         // A link lost before the acknowledgement leaves no start time: the figure ends here.
-        report.downtimeMs = round1(guestPauseMs(stoppedAt, runSentAt, ackedAt, rttMs, startedAfterUs));
+        report.downtimeMs = round1(guestPauseMs(stoppedAt, markAt, ackedAt, rttMs, startedAfterUs));
         // Dirty tracking stays armed until postcopy is over (nothing writes: the guest is
         // stopped here). Ending it means write-unprotecting all of RAM, which holds this thread
         // 150–220 ms for 1 GiB on this VM: the destination's first page requests, which come
@@ -1031,15 +1040,17 @@ function addDiscards(a: DiscardCounts, b: DiscardCounts): DiscardCounts {
 }
 
 /**
- * The guest's pause, from the stop here to running vCPUs on the destination: until the last
- * command (COMPLETE or RUN) left at `lastSentAt`, plus its one-way trip (half the round trip
- * `rttMs` measured just before the stop), plus the destination's own time from that command
- * to running vCPUs, which it sends back. The confirmation's way back (it arrived at `ackedAt`)
- * is not downtime. Without that time (an older destination, a lost link) the pause runs to
- * `ackedAt`, and it never runs past it.
+ * The guest's pause, from the stop here to running vCPUs on the destination: until STOPPED
+ * left at `markAt` (right at the stop, on an idle link), plus its one-way trip (half the round
+ * trip `rttMs` measured just before the stop), plus the destination's own time, in its own
+ * clock, from reading STOPPED to running vCPUs, which it sends back: everything after
+ * STOPPED (the last pages, discards, device state, however long they sit in socket buffers)
+ * is in that time. The confirmation's way back (it arrived at `ackedAt`) is not downtime.
+ * Without the destination's time (a lost link) the pause runs to `ackedAt`, and it never runs
+ * past it.
  */
-function guestPauseMs(stoppedAt: number, lastSentAt: number, ackedAt: number, rttMs: number, startedAfterUs: unknown): number {
+function guestPauseMs(stoppedAt: number, markAt: number, ackedAt: number, rttMs: number, startedAfterUs: unknown): number {
   const untilAck = ackedAt - stoppedAt;
   if (typeof startedAfterUs !== 'number' || !(startedAfterUs >= 0)) return untilAck;
-  return Math.min(untilAck, lastSentAt - stoppedAt + rttMs / 2 + startedAfterUs / 1000);
+  return Math.min(untilAck, markAt - stoppedAt + rttMs / 2 + startedAfterUs / 1000);
 }

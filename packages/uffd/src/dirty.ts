@@ -135,7 +135,8 @@ export class DirtySet {
 
 interface Backend {
   start(): void;
-  scan(set: DirtySet): void;
+  /** `rearm` false: report without starting a new round (a later scan reports those pages again). */
+  scan(set: DirtySet, rearm: boolean): void;
   /** Called before a whole-tracker scan (soft-dirty reads and clears once for all regions). */
   scanAll?(sets: readonly DirtySet[]): void;
   stop(): void;
@@ -175,7 +176,7 @@ class WpAsyncBackend implements Backend {
     }
   }
 
-  scan(set: DirtySet): void {
+  scan(set: DirtySet, rearm: boolean): void {
     set.reset();
     const a = this.arg;
     const vec = this.vec;
@@ -184,7 +185,9 @@ class WpAsyncBackend implements Backend {
     let start = set.addr;
     for (;;) {
       a.set64(0, PM_SCAN_ARG_SIZE);
-      a.set64(8, PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC);
+      // Without WP matching the walk only reads: written pages stay written (and writable),
+      // so nothing is write-protected again and no TLB flush is needed.
+      a.set64(8, rearm ? PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC : PM_SCAN_CHECK_WPASYNC);
       a.set64(16, start);
       a.set64(24, end);
       a.set64(32, 0);
@@ -301,6 +304,7 @@ class SoftDirtyBackend implements Backend {
   }
 
   scan(set: DirtySet): void {
+    // Always rearms: the bits were cleared when they were harvested.
     set.reset();
     const bits = this.pending[set.index]!;
     const per = set.pageSize / HOST_PAGE_SIZE;
@@ -451,8 +455,14 @@ export class DirtyTracker {
    * Returns the pages written since `start()` or the previous scan of the same region, and
    * starts a new round for them. With no argument, every region; otherwise the one named (or
    * at that index). The returned sets are reused by the next scan.
+   *
+   * `rearm: false` (wp-async) reports the same pages without starting a new round for them:
+   * they are not write-protected again, so a later scan reports them again, and writes are
+   * still never lost. For the last scan, when nothing is written afterwards (the writers are
+   * stopped for good): it saves re-protecting every written page and the TLB flush that takes
+   * (20 000 pages written of 1 GiB: 0.7 ms instead of 1.3 ms here). Soft-dirty always rearms.
    */
-  scan(region?: string | number): readonly DirtySet[] {
+  scan(region?: string | number, opts: { rearm?: boolean } = {}): readonly DirtySet[] {
     if (!this.running) throw new Error('DirtyTracker not started');
     let sets: readonly DirtySet[];
     if (region === undefined) sets = this.sets;
@@ -463,7 +473,8 @@ export class DirtyTracker {
       sets = one;
     }
     this.backend.scanAll?.(sets);
-    for (const s of sets) this.backend.scan(s);
+    const rearm = opts.rearm ?? true;
+    for (const s of sets) this.backend.scan(s, rearm);
     return sets;
   }
 

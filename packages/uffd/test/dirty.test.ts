@@ -56,6 +56,20 @@ describe('DirtyTracker', function () {
       expect(t.scan('ram0')[0]!.toArray()).to.deep.equal([[4, 5]]);
     });
 
+    it('a scan with rearm: false reports the written pages and leaves them written: the next scan reports them again, with new writes', () => {
+      const m = track.mapping(mapAnonymous(64 * PS, { name: 'ram0' }));
+      const t = new DirtyTracker([{ addr: m.addr, length: m.length, name: 'ram0' }], { method: 'wp-async' });
+      track.fn(() => t.stop());
+      t.start();
+      write(m, [1, 2, 40]);
+      expect(t.scan(undefined, { rearm: false })[0]!.toArray()).to.deep.equal([[1, 3], [40, 41]]);
+      write(m, [50]);
+      expect(t.scan(undefined, { rearm: false })[0]!.toArray()).to.deep.equal([[1, 3], [40, 41], [50, 51]]);
+      // A rearming scan reports them once more and starts a new round.
+      expect(t.scan()[0]!.toArray()).to.deep.equal([[1, 3], [40, 41], [50, 51]]);
+      expect(t.scan()[0]!.toArray()).to.deep.equal([]);
+    });
+
     it('scans regions separately and loops over a small result buffer until the walk ends', () => {
       const a = track.mapping(mapAnonymous(64 * PS, { name: 'a' }));
       const b = track.mapping(mapAnonymous(64 * PS, { name: 'b' }));
