@@ -144,7 +144,8 @@ export interface RunFigures {
   downtimeAckedMs: number;
   /**
    * The same pause read off the host's monotonic clock, which both ends share here: the
-   * source's trace line "stopping the guest" → the destination's "guest started". A check on
+   * source's trace line "guest paused" → the destination's "guest started" (each stamped by
+   * the vCPU threads: first to park, last to step). A check on
    * downtimeMs, which each end works out from its own clock and a measured round trip.
    */
   downtimeClockMs?: number;
@@ -247,7 +248,7 @@ export async function runOnce(s: Scenario, warm = true): Promise<RunFigures> {
   }
   const sr = last(so.out);
   const rr = last(ro.out);
-  const stopping = /\[trace source ([\d.]+) s\] stopping the guest/.exec(so.err);
+  const stopping = /\[trace source ([\d.]+) s\] guest paused/.exec(so.err);
   const started = /\[trace dest ([\d.]+) s\] guest started/.exec(ro.err);
   const downtimeClockMs = stopping && started ? Math.round((Number(started[1]) - Number(stopping[1])) * 1e4) / 10 : undefined;
   const moveMs = sr.totalTimeMs - sr.setupTimeMs;

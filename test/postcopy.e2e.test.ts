@@ -43,7 +43,7 @@ describe('postcopy migration between two processes', function () {
     expect(sr.downtimeAckedMs).to.be.at.least(sr.downtimeMs);
   });
 
-  it('the downtime the source reports agrees within 1 ms with the pause read off the host clock both ends share (stop → vCPUs running there)', async () => {
+  it('the downtime the source reports agrees within 1 ms with the pause read off the host clock both ends share (first vCPU parked → last vCPU stepping there)', async () => {
     const recv = migrateTraced('recv', '--listen', '127.0.0.1:0', '--json');
     const addr = await recv.listening();
     const send = migrateTraced('send', '--to', addr, '--ram', '128M', '--vcpus', '1', '--migrate-after', '500', '--downtime-limit', '1', '--postcopy', '--postcopy-after', '200', '--json');
@@ -52,7 +52,7 @@ describe('postcopy migration between two processes', function () {
     expect(r.code, recv.stderr).to.equal(0);
     const sr = send.report();
     expect(sr.mode).to.equal('postcopy');
-    const clockMs = traceTimeMs(recv.stderr, 'dest', 'guest started') - traceTimeMs(send.stderr, 'source', 'stopping the guest');
+    const clockMs = traceTimeMs(recv.stderr, 'dest', 'guest started') - traceTimeMs(send.stderr, 'source', 'guest paused');
     expect(clockMs).to.be.greaterThan(0);
     expect(Math.abs(sr.downtimeMs - clockMs), `reported ${sr.downtimeMs} ms, clock ${clockMs.toFixed(2)} ms`).to.be.at.most(1);
   });

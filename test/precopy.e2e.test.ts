@@ -36,7 +36,7 @@ describe('precopy migration between two processes', function () {
     expect(sr.downtimeAckedMs).to.be.at.least(sr.downtimeMs);
   });
 
-  it('the downtime the source reports agrees within 1 ms with the pause read off the host clock both ends share (stop → vCPUs running there)', async () => {
+  it('the downtime the source reports agrees within 1 ms with the pause read off the host clock both ends share (first vCPU parked → last vCPU stepping there)', async () => {
     const recv = migrateTraced('recv', '--listen', '127.0.0.1:0', '--json');
     const addr = await recv.listening();
     const send = migrateTraced('send', '--to', addr, '--ram', '128M', '--vcpus', '1', '--migrate-after', '300', '--downtime-limit', '1000', '--json');
@@ -45,7 +45,7 @@ describe('precopy migration between two processes', function () {
     expect(r.code, recv.stderr).to.equal(0);
     const sr = send.report();
     expect(sr.mode).to.equal('precopy');
-    const clockMs = traceTimeMs(recv.stderr, 'dest', 'guest started') - traceTimeMs(send.stderr, 'source', 'stopping the guest');
+    const clockMs = traceTimeMs(recv.stderr, 'dest', 'guest started') - traceTimeMs(send.stderr, 'source', 'guest paused');
     expect(clockMs).to.be.greaterThan(0);
     expect(Math.abs(sr.downtimeMs - clockMs), `reported ${sr.downtimeMs} ms, clock ${clockMs.toFixed(2)} ms`).to.be.at.most(1);
   });

@@ -16,6 +16,11 @@ export interface DestMachine {
   progress?(): number[];
   /** Starts the vCPUs; `fresh: false` resumes from the loaded device state. */
   start(opts: { fresh: boolean }): Promise<void>;
+  /**
+   * Optional: after `start()`, when the guest took its first step (performance.now()), which
+   * ends its pause for the downtime figure. Without it, the pause ends when `start()` resolves.
+   */
+  steppingSince?(): Promise<number>;
   /** Stops the vCPUs, frees what the guest holds (RAM it owns is unmapped by its owner). */
   destroy(): Promise<void>;
 }

@@ -827,8 +827,8 @@ class IncomingSession {
     this.blocktime = new Blocktime(machine.vcpuTids ?? []);
     trace('dest', 'RUN: device loaded, vCPUs prepared');
     await machine.start({ fresh: false });
-    this.runAt = performance.now();
-    trace('dest', 'guest started (postcopy)');
+    this.runAt = machine.steppingSince ? await machine.steppingSince() : performance.now();
+    trace('dest', 'guest started (postcopy)', this.runAt);
     this.progressAtRun = sum(machine.progress?.() ?? []);
     this.postcopyBytesAtRun = this.placer!.placer.stats.dataBytes;
     this.report.mode = 'postcopy';
@@ -993,8 +993,8 @@ class IncomingSession {
     if (this.preparing) await this.preparing;
     trace('dest', 'device loaded, vCPUs prepared');
     await this.machine.start({ fresh: false });
-    trace('dest', 'guest started');
-    const startedAt = performance.now();
+    const startedAt = this.machine.steppingSince ? await this.machine.steppingSince() : performance.now();
+    trace('dest', 'guest started', startedAt);
     this.state.to(DestState.COMPLETED, 'start');
     // With its time from COMPLETE to running vCPUs, for the source's downtime figure.
     this.ch!.send({ type: MsgType.SHUT, status: 'ok', startedAfterUs: Math.min(0xffffffff, Math.round((startedAt - this.completeAt) * 1000)) });

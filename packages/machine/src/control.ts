@@ -12,9 +12,17 @@
  *   TID       the worker's kernel thread id (gettid), written before anything else.
  *   INIT      written by the worker once released: OK after the guest's init returned, FAILED
  *             if it threw (the main thread also writes FAILED when the worker exits before
- *             either). The main thread waits on it to acknowledge a start.
+ *             it stepped), then STEPPING once it took its first step. The main thread waits on
+ *             it to acknowledge a start.
  *
- * Step counters live in a second SharedArrayBuffer of 64-bit integers, one line per vCPU.
+ * Step counters live in a second SharedArrayBuffer of 64-bit integers, one line per vCPU,
+ * with two timestamps beside them (CLOCK_MONOTONIC µs, written by the worker, 0 = not yet):
+ *
+ *   STEPPING_SINCE  when the worker, released, took its first step (the guest runs on it);
+ *   PARKED_AT       when it parked at its latest stop (the guest no longer runs on it).
+ *
+ * They time the guest's pause on the vCPUs themselves: the main thread learns of a park or a
+ * start only when its event loop next runs, up to a scheduler slice later on a busy host.
  */
 
 export const CMD = 0;
@@ -30,7 +38,15 @@ export const PROGRESS_STRIDE = 8;
 
 export const Cmd = { RUN: 0, STOP: 1, EXIT: 2, HOLD: 3 } as const;
 export const State = { STARTING: 0, RUNNING: 1, PARKED: 2, EXITED: 3, PREPARED: 4 } as const;
-export const Init = { PENDING: 0, OK: 1, FAILED: 2 } as const;
+/** INIT: PENDING → OK (init returned) → STEPPING (first step taken); FAILED instead of either. */
+export const Init = { PENDING: 0, OK: 1, FAILED: 2, STEPPING: 3 } as const;
+
+/** Slots of the 64-bit line (after the step counter at 0). */
+export const STEPPING_SINCE = 1;
+export const PARKED_AT = 2;
+
+/** performance.now() + this = CLOCK_MONOTONIC ms (both count on uv_hrtime; fixed per thread). */
+const MONO_OFFSET_MS = Number(process.hrtime.bigint()) / 1e6 - performance.now();
 
 /** The shared buffers of one machine's vCPUs. */
 export interface ControlBuffers {
@@ -97,5 +113,21 @@ export class ControlLine {
 
   steps(): number {
     return Number(Atomics.load(this.counter, this.pbase));
+  }
+
+  /** Writes the current CLOCK_MONOTONIC time (µs) in `slot` (worker side), waking a waiter. */
+  stamp(slot: typeof STEPPING_SINCE | typeof PARKED_AT): void {
+    Atomics.store(this.counter, this.pbase + slot, process.hrtime.bigint() / 1000n);
+  }
+
+  /** Clears `slot` (main thread, before asking for what sets it). */
+  clearStamp(slot: typeof STEPPING_SINCE | typeof PARKED_AT): void {
+    Atomics.store(this.counter, this.pbase + slot, 0n);
+  }
+
+  /** The time in `slot` on the calling thread's performance.now() timeline, or null if unset. */
+  stampedAt(slot: typeof STEPPING_SINCE | typeof PARKED_AT): number | null {
+    const us = Atomics.load(this.counter, this.pbase + slot);
+    return us === 0n ? null : Number(us) / 1000 - MONO_OFFSET_MS;
   }
 }

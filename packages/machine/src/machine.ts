@@ -257,6 +257,32 @@ export class Machine extends EventEmitter<MachineEvents> implements GuestHost {
     }
   }
 
+  /**
+   * When the guest runs again after `start()`: resolves, once every vCPU took its first step,
+   * with the time (performance.now()) the last one did. The guest's pause ends there, not
+   * when `start()` resolves (this thread may learn of it later, or a moment before it).
+   */
+  async steppingSince(): Promise<number> {
+    this.assertAlive('steppingSince');
+    if (!this.starting) throw new Error('steppingSince() before start()');
+    await this.starting;
+    const times = await Promise.all(this.cpus.map((c) => c.stepping()));
+    return Math.max(...times);
+  }
+
+  /**
+   * When the guest stopped at the latest `stop()` (performance.now()): the first vCPU to park,
+   * so the pause it bounds holds every vCPU's. Null before any stop (or if none parked).
+   */
+  get parkedAt(): number | null {
+    let first: number | null = null;
+    for (const c of this.cpus) {
+      const t = c.parkedAt();
+      if (t !== null && (first === null || t < first)) first = t;
+    }
+    return first;
+  }
+
   /** Parks every vCPU at a safe point; resolves once all are parked. */
   stop(): Promise<void> {
     if (this.stopping) return this.stopping;

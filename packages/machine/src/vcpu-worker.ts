@@ -10,7 +10,7 @@
 import { parentPort, receiveMessageOnPort, workerData, type TransferListItem } from 'node:worker_threads';
 // Subpaths, not the package index: a vCPU worker's imports take ~20 ms less CPU without the rest of it.
 import { gettid } from '@livemig/uffd/thread';
-import { CMD, Cmd, ControlLine, DOORBELL, INIT, Init, STATE, State, TID } from './control.js';
+import { CMD, Cmd, ControlLine, DOORBELL, INIT, Init, PARKED_AT, STATE, State, STEPPING_SINCE, TID } from './control.js';
 import type { VcpuContext } from './guest.js';
 import { viewBlocks } from './ram-block.js';
 import { loadGuestDefinition } from './resolve-guest.js';
@@ -81,6 +81,9 @@ if (line.load(CMD) !== Cmd.EXIT) {
   // (Ending the pause early once the main thread saw every acknowledgement measured worse: the
   // woken vCPUs then preempt the main thread before start() resolves.)
   Atomics.wait(pause, 0, 0, ACK_PAUSE_MS);
+  // The guest runs on this vCPU from here (the time its pause ends, for the downtime figure).
+  line.stamp(STEPPING_SINCE);
+  line.set(INIT, Init.STEPPING);
 
   for (;;) {
     const cmd = line.load(CMD);
@@ -91,10 +94,12 @@ if (line.load(CMD) !== Cmd.EXIT) {
       continue;
     }
     if (cmd === Cmd.EXIT) break;
-    // STOP: publish the device slot, then park until told otherwise.
+    // STOP: the guest no longer runs here. Publish the device slot, then park until told otherwise.
+    line.stamp(PARKED_AT);
     devicePort.postMessage(ctx.device);
     line.set(STATE, State.PARKED);
     while (line.load(CMD) === Cmd.STOP) line.waitSync(CMD, Cmd.STOP);
+    line.stamp(STEPPING_SINCE);
     line.set(STATE, State.RUNNING);
   }
 }

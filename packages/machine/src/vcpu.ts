@@ -7,7 +7,7 @@
  * Nothing here blocks the main event loop: parking and init are awaited with Atomics.waitAsync.
  */
 import { MessageChannel, Worker, receiveMessageOnPort, type MessagePort, type TransferListItem } from 'node:worker_threads';
-import { Cmd, ControlLine, INIT, Init, State, TID, CMD, STATE, type ControlBuffers } from './control.js';
+import { Cmd, ControlLine, INIT, Init, PARKED_AT, State, STEPPING_SINCE, TID, CMD, STATE, type ControlBuffers } from './control.js';
 import type { BlockInfo } from './ram-block.js';
 
 /** What a vCPU worker is spawned with (structured-cloned; ports transferred). */
@@ -106,7 +106,8 @@ export class Vcpu {
     worker.on('exit', (code) => {
       this.exitedFlag = true;
       // Whoever waits for this vCPU to park or to finish init must not wait for a thread that is gone.
-      if (this.line.load(INIT) === Init.PENDING) this.line.set(INIT, Init.FAILED);
+      const init = this.line.load(INIT);
+      if (init === Init.PENDING || init === Init.OK) this.line.set(INIT, Init.FAILED);
       this.line.set(STATE, State.EXITED);
       const err = new VcpuError(this.index, this.exiting ? 'worker terminated' : `worker exited unexpectedly (code ${code})`);
       if (!this.exiting && !reported) this.hooks.onError(err);
@@ -132,18 +133,36 @@ export class Vcpu {
     if (!this.worker) throw new Error(`vCPU ${this.index} is not prepared`);
     if (!start.fresh) this.setSlot(start.device);
     this.device.port1.postMessage(start);
+    this.line.clearStamp(STEPPING_SINCE);
     this.line.set(CMD, Cmd.RUN);
   }
 
   /** Resolves once the released vCPU's init ran; rejects with its error if init threw or the worker died. */
   async initialised(): Promise<void> {
     const r = await this.line.waitChange(INIT, Init.PENDING);
-    if (r === Init.OK) return;
+    if (r === Init.OK || r === Init.STEPPING) return;
     throw await this.death;
+  }
+
+  /**
+   * Resolves with the time (performance.now()) the released vCPU took its first step, which
+   * is a moment after its init (see vcpu-worker.ts); rejects if it failed or died first.
+   */
+  async stepping(): Promise<number> {
+    let r = this.line.load(INIT);
+    while (r === Init.PENDING || r === Init.OK) r = await this.line.waitChange(INIT, r);
+    if (r === Init.STEPPING) return this.line.stampedAt(STEPPING_SINCE)!;
+    throw await this.death;
+  }
+
+  /** When the vCPU parked at its latest stop (performance.now()), or null if it has not. */
+  parkedAt(): number | null {
+    return this.line.stampedAt(PARKED_AT);
   }
 
   /** Asks the vCPU to park at its next safe point. */
   requestStop(): void {
+    this.line.clearStamp(PARKED_AT);
     this.line.set(CMD, Cmd.STOP);
     this.line.ring();
   }

@@ -46,6 +46,40 @@ describe('vCPUs', () => {
     expect(took[10], `stop latencies ${took.map((t) => t.toFixed(3)).join(' ')} ms`).to.be.lessThan(1);
   });
 
+  it('parkedAt is when the first vCPU parked at the latest stop(): after stop() was called, before it resolved', async () => {
+    const vm = await machine({ guest: 'ab', vcpus: 2, ram: 8 * MiB });
+    expect(vm.parkedAt).to.equal(null);
+    await vm.start();
+    await sleep(10);
+    const t0 = performance.now();
+    await vm.stop();
+    const t1 = performance.now();
+    const parked = vm.parkedAt!;
+    expect(parked).to.be.a('number');
+    expect(parked).to.be.within(t0, t1);
+    vm.cont();
+    await sleep(5);
+    const t2 = performance.now();
+    await vm.stop();
+    expect(vm.parkedAt!, 'the latest stop').to.be.at.least(t2);
+  });
+
+  it('steppingSince() resolves with when the last vCPU took its first step: after start() was called, and the guest progresses from then on', async () => {
+    const vm = await machine({ guest: 'ab', vcpus: 2, ram: 8 * MiB });
+    const t0 = performance.now();
+    await vm.start();
+    const since = await vm.steppingSince();
+    expect(since).to.be.within(t0, performance.now());
+    await waitFor(() => vm.progress().every((n) => n > 0), 2000, 'steps on both vCPUs');
+  });
+
+  it('steppingSince() before start() is refused', async () => {
+    const vm = await machine({ guest: 'ab', vcpus: 1, ram: 4 * MiB });
+    let err: Error | null = null;
+    await vm.steppingSince().catch((e: Error) => (err = e));
+    expect(err!.message).to.contain('steppingSince() before start()');
+  });
+
   it('cont() resumes every vCPU', async () => {
     const vm = await machine({ guest: 'ab', vcpus: 2, ram: 4 * MiB });
     await vm.start();

@@ -460,6 +460,8 @@ export class OutgoingMigration {
         this.send({ type: MsgType.STOPPED });
         const markAt = performance.now();
         await this.machine.stop();
+        const pausedAt = this.machine.parkedAt ?? stoppedAt;
+        trace('source', 'guest paused', pausedAt);
         trace('source', 'guest stopped');
         guestStopped = true;
         this.checkAbort();
@@ -488,8 +490,8 @@ export class OutgoingMigration {
           throw new Error(`destination failed to start the guest: ${(shut.msg as { reason?: string }).reason ?? 'no reason given'}`);
         }
         const ackedAt = performance.now();
-        report.downtimeAckedMs = round1(ackedAt - stoppedAt);
-        report.downtimeMs = round1(guestPauseMs(stoppedAt, markAt, ackedAt, rttMs, shut.msg.startedAfterUs));
+        report.downtimeAckedMs = round1(ackedAt - pausedAt);
+        report.downtimeMs = round1(guestPauseMs(pausedAt, markAt, ackedAt, rttMs, shut.msg.startedAfterUs));
         precopyBytes = sender.stats.dataBytes;
       } else {
         // --- postcopy switchover, in QEMU's order
@@ -502,6 +504,8 @@ export class OutgoingMigration {
         this.send({ type: MsgType.STOPPED });
         const markAt = performance.now();
         await this.machine.stop();
+        const pausedAt = this.machine.parkedAt ?? stoppedAt;
+        trace('source', 'guest paused', pausedAt);
         trace('source', 'guest stopped (postcopy)');
         guestStopped = true;
         this.checkAbort();
@@ -539,9 +543,9 @@ export class OutgoingMigration {
         }
         trace('source', 'destination runs the guest (postcopy)');
         const ackedAt = performance.now();
-        report.downtimeAckedMs = round1(ackedAt - stoppedAt);
+        report.downtimeAckedMs = round1(ackedAt - pausedAt);
         // A link lost before the acknowledgement leaves no start time: the figure ends here.
-        report.downtimeMs = round1(guestPauseMs(stoppedAt, markAt, ackedAt, rttMs, startedAfterUs));
+        report.downtimeMs = round1(guestPauseMs(pausedAt, markAt, ackedAt, rttMs, startedAfterUs));
         // Dirty tracking stays armed until postcopy is over (nothing writes: the guest is
         // stopped here). Ending it means write-unprotecting all of RAM, which holds this thread
         // 150–220 ms for 1 GiB on this VM: the destination's first page requests, which come
@@ -1040,8 +1044,9 @@ function addDiscards(a: DiscardCounts, b: DiscardCounts): DiscardCounts {
 }
 
 /**
- * The guest's pause, from the stop here to running vCPUs on the destination: until STOPPED
- * left at `markAt` (right at the stop, on an idle link), plus its one-way trip (half the round
+ * The guest's pause, from `pausedAt` (its first vCPU parked here, as the vCPU stamped it) to
+ * its last vCPU's first step on the destination: until STOPPED left at `markAt` (as the stop
+ * was asked for, on an idle link: usually a moment before `pausedAt`), plus its one-way trip (half the round
  * trip `rttMs` measured just before the stop), plus the destination's own time, in its own
  * clock, from reading STOPPED to running vCPUs, which it sends back: everything after
  * STOPPED (the last pages, discards, device state, however long they sit in socket buffers)
@@ -1049,8 +1054,8 @@ function addDiscards(a: DiscardCounts, b: DiscardCounts): DiscardCounts {
  * Without the destination's time (a lost link) the pause runs to `ackedAt`, and it never runs
  * past it.
  */
-function guestPauseMs(stoppedAt: number, markAt: number, ackedAt: number, rttMs: number, startedAfterUs: unknown): number {
-  const untilAck = ackedAt - stoppedAt;
+function guestPauseMs(pausedAt: number, markAt: number, ackedAt: number, rttMs: number, startedAfterUs: unknown): number {
+  const untilAck = ackedAt - pausedAt;
   if (typeof startedAfterUs !== 'number' || !(startedAfterUs >= 0)) return untilAck;
-  return Math.min(untilAck, markAt - stoppedAt + rttMs / 2 + startedAfterUs / 1000);
+  return Math.min(untilAck, markAt - pausedAt + rttMs / 2 + startedAfterUs / 1000);
 }

@@ -24,6 +24,11 @@ export interface SourceMachine {
   readonly blocks: readonly SourceBlock[];
   /** Parks every vCPU; resolves once all are parked. */
   stop(): Promise<void>;
+  /**
+   * Optional: when the guest stopped at the latest `stop()` (performance.now()), which starts
+   * its pause for the downtime figure. Without it, the pause starts when `stop()` is called.
+   */
+  readonly parkedAt?: number | null;
   /** Resumes the vCPUs. */
   cont(): Promise<void> | void;
   /** The device state (msgpack-able); only while stopped. */
