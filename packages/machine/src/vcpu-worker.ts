@@ -7,6 +7,7 @@
  * and parks on the command word (Atomics.wait) until RUN or EXIT. A guest exception escapes to
  * the Worker 'error' event, where the machine records it.
  */
+import { availableParallelism } from 'node:os';
 import { parentPort, receiveMessageOnPort, workerData, type TransferListItem } from 'node:worker_threads';
 // Subpaths, not the package index: a vCPU worker's imports take ~20 ms less CPU without the rest of it.
 import { gettid } from '@livemig/uffd/thread';
@@ -74,13 +75,14 @@ if (line.load(CMD) !== Cmd.EXIT) {
   }
   line.set(STATE, State.RUNNING);
   line.set(INIT, Init.OK);
-  // Sleep a moment before the first step. The main thread (to see the acknowledgement) and a
-  // sibling vCPU released with this one may be queued behind this thread on its CPU; on a host
-  // without a spare core they would otherwise wait out a scheduler slice. Measured on 2 cores
-  // with a 2-vCPU ab guest: start() after prepare() 3–5 ms median without the pause, < 1 ms with.
+  // Without a spare core, sleep a moment before the first step. The main thread (to see the
+  // acknowledgement) and a sibling vCPU released with this one may be queued behind this thread
+  // on its CPU, and would otherwise wait out a scheduler slice. Measured on 2 cores with a
+  // 2-vCPU ab guest: start() after prepare() 3–5 ms median without the pause, < 1 ms with.
   // (Ending the pause early once the main thread saw every acknowledgement measured worse: the
-  // woken vCPUs then preempt the main thread before start() resolves.)
-  Atomics.wait(pause, 0, 0, ACK_PAUSE_MS);
+  // woken vCPUs then preempt the main thread before start() resolves.) With a core to spare
+  // for the main thread, the pause would only lengthen the guest's downtime.
+  if (data.count >= availableParallelism()) Atomics.wait(pause, 0, 0, ACK_PAUSE_MS);
   // The guest runs on this vCPU from here (the time its pause ends, for the downtime figure).
   line.stamp(STEPPING_SINCE);
   line.set(INIT, Init.STEPPING);
