@@ -37,9 +37,13 @@ export class DirtySync {
    * populated (it holds data now: read it when sending). `last`: the guest is stopped for
    * good here, nothing is written after this sync: the kernel need not write-protect the
    * written pages again (DirtyTracker.scan with `rearm: false`; a later sync would still
-   * find them, so this is safe even if the guest ran on).
+   * find them, so this is safe even if the guest ran on). `found` gets each range of pages
+   * written since the last sync (block index, first page, end page).
    */
-  sync(bitmaps: ReadonlyArray<{ dirty: PageBitmap; populated: PageBitmap }>, opts: { last?: boolean } = {}): { pages: number; bytes: number } {
+  sync(
+    bitmaps: ReadonlyArray<{ dirty: PageBitmap; populated: PageBitmap }>,
+    opts: { last?: boolean; found?: (block: number, first: number, end: number) => void } = {},
+  ): { pages: number; bytes: number } {
     let pages = 0;
     let bytes = 0;
     for (const set of this.tracker.scan(undefined, { rearm: !opts.last })) {
@@ -50,6 +54,7 @@ export class DirtySync {
         bytes += (end - first) * pageSize;
         dirty.setRange(first, end);
         populated.setRange(first, end);
+        opts.found?.(set.index, first, end);
       });
     }
     return { pages, bytes };

@@ -509,7 +509,10 @@ export class OutgoingMigration {
         trace('source', 'guest stopped (postcopy)');
         guestStopped = true;
         this.checkAbort();
-        dirty.sync(blocks, { last: true });
+        // After the second early discard no page is both dirty and sent, and none has been sent
+        // since: only the pages this sync finds can be. The discard scans just those.
+        const written: number[][] = blocks.map(() => []);
+        dirty.sync(blocks, { last: true, found: (bi, first, end) => written[bi]!.push(first, end) });
         trace('source', 'final dirty sync');
         // Postcopy runs at full speed unless told otherwise: the guest waits for these pages.
         this.limiter.setLimit(this.opts.maxPostcopyBandwidth ?? 0);
@@ -519,7 +522,7 @@ export class OutgoingMigration {
         ch.cork();
         let late: DiscardCounts;
         try {
-          late = this.sendDiscards(blocks);
+          late = this.sendDiscards(blocks, written);
           this.send({ type: MsgType.DEVICE }, pack(this.machine.saveDevice()));
           this.send({ type: MsgType.LISTEN });
           this.send({ type: MsgType.RUN });
@@ -656,22 +659,28 @@ export class OutgoingMigration {
 
   /**
    * DISCARD every page written since it was sent (dirty and sent); at most 12 ranges a
-   * command. Those pages count as unsent afterwards.
+   * command. Those pages count as unsent afterwards. `within` (per block: first, end, first,
+   * end… ascending): only those pages can be dirty and sent, so only they are scanned.
    */
-  private sendDiscards(blocks: BlockState[]): DiscardCounts {
+  private sendDiscards(blocks: BlockState[], within?: ReadonlyArray<readonly number[]>): DiscardCounts {
     const batcher = new DiscardBatcher((msg) => this.send(msg));
     let pages = 0;
-    for (const b of blocks) {
+    blocks.forEach((b, i) => {
       batcher.start(b.name);
-      b.dirty.forEachRunAnd(b.sent, (first, end) => {
+      const run = (first: number, end: number): void => {
         batcher.addRange(first * b.pageSize, (end - first) * b.pageSize);
         pages += end - first;
         // The destination no longer holds these pages: they are unsent again (and still
         // dirty). A run is reported once the scan has passed it, so clearing it is safe.
         b.sent.clearRange(first, end);
-      });
+      };
+      if (!within) b.dirty.forEachRunAnd(b.sent, run);
+      else {
+        const r = within[i] ?? [];
+        for (let k = 0; k < r.length; k += 2) b.dirty.forEachRunAndIn(b.sent, r[k]!, r[k + 1]!, run);
+      }
       batcher.finish();
-    }
+    });
     return { ranges: batcher.stats.ranges, commands: batcher.stats.commands, pages };
   }
 

@@ -76,6 +76,28 @@ export class PageBitmap {
     if (runStart >= 0) cb(runStart, n);
   }
 
+  /**
+   * As `forEachRunAnd`, within pages [first, end) only: for a few short ranges, where a scan
+   * of the whole bitmap would cost more than the ranges hold. Runs end at `end`.
+   */
+  forEachRunAndIn(other: PageBitmap, first: number, end: number, cb: (first: number, end: number) => void): void {
+    if (!(Number.isInteger(first) && Number.isInteger(end) && 0 <= first && first <= end && end <= this.pages)) {
+      throw new RangeError(`PageBitmap: pages [${first}, ${end}) outside 0..${this.pages}`);
+    }
+    const a = this.bits;
+    const b = other.bits;
+    let runStart = -1;
+    for (let p = first; p < end; p++) {
+      if (a[p]! & b[p]!) {
+        if (runStart < 0) runStart = p;
+      } else if (runStart >= 0) {
+        cb(runStart, p);
+        runStart = -1;
+      }
+    }
+    if (runStart >= 0) cb(runStart, end);
+  }
+
   /** A new bitmap with the pages set in this one or in `other` (same size). */
   union(other: PageBitmap, opts: { shared?: boolean } = {}): PageBitmap {
     const u = new PageBitmap(this.pages, false, opts);

@@ -166,4 +166,35 @@ describe('PageBitmap', () => {
     expect(u.count).to.equal(4);
     expect(Array.from(new Uint8Array(u.shared)).map((x, p) => (x ? p : -1)).filter((p) => p >= 0)).to.deep.equal([0, 1, 8, 9]);
   });
+
+  it('forEachRunAnd reports the maximal runs set in both bitmaps, across word boundaries and at the end', () => {
+    const a = new PageBitmap(23);
+    const b = new PageBitmap(23);
+    a.setRange(2, 23);
+    b.setRange(0, 5);
+    b.setRange(7, 13);
+    b.setRange(20, 23);
+    const runs: number[][] = [];
+    a.forEachRunAnd(b, (f, e) => runs.push([f, e]));
+    expect(runs).to.deep.equal([[2, 5], [7, 13], [20, 23]]);
+  });
+
+  it('forEachRunAndIn reports the same runs as forEachRunAnd, cut to [first, end)', () => {
+    const a = new PageBitmap(40);
+    const b = new PageBitmap(40);
+    a.setRange(0, 40);
+    b.setRange(3, 9);
+    b.setRange(15, 30);
+    const runs: number[][] = [];
+    a.forEachRunAndIn(b, 5, 20, (f, e) => runs.push([f, e]));
+    expect(runs).to.deep.equal([[5, 9], [15, 20]]);
+    const none: number[][] = [];
+    a.forEachRunAndIn(b, 10, 15, (f, e) => none.push([f, e]));
+    expect(none).to.deep.equal([]);
+  });
+
+  it('forEachRunAndIn refuses a range outside the bitmap', () => {
+    const a = new PageBitmap(8);
+    expect(() => a.forEachRunAndIn(a, 4, 9, () => undefined)).to.throw(RangeError, 'pages [4, 9) outside 0..8');
+  });
 });
