@@ -43,7 +43,7 @@ describe('postcopy migration between two processes', function () {
     expect(sr.downtimeAckedMs).to.be.at.least(sr.downtimeMs);
   });
 
-  it('the downtime the source reports agrees within 1 ms with the pause read off the host clock both ends share (first vCPU parked → last vCPU stepping there)', async () => {
+  it('the downtime the source reports agrees within 1 ms (or 5% of a long pause) with the pause read off the host clock both ends share (first vCPU parked → last vCPU stepping there)', async () => {
     const recv = migrateTraced('recv', '--listen', '127.0.0.1:0', '--json');
     const addr = await recv.listening();
     const send = migrateTraced('send', '--to', addr, '--ram', '128M', '--vcpus', '1', '--migrate-after', '500', '--downtime-limit', '1', '--postcopy', '--postcopy-after', '200', '--json');
@@ -54,7 +54,7 @@ describe('postcopy migration between two processes', function () {
     expect(sr.mode).to.equal('postcopy');
     const clockMs = traceTimeMs(recv.stderr, 'dest', 'guest started') - traceTimeMs(send.stderr, 'source', 'guest paused');
     expect(clockMs).to.be.greaterThan(0);
-    expect(Math.abs(sr.downtimeMs - clockMs), `reported ${sr.downtimeMs} ms, clock ${clockMs.toFixed(2)} ms`).to.be.at.most(1);
+    expect(Math.abs(sr.downtimeMs - clockMs), `reported ${sr.downtimeMs} ms, clock ${clockMs.toFixed(2)} ms`).to.be.at.most(Math.max(1, clockMs * 0.05));
   });
 
   it('the source keeps dirty tracking on its RAM through postcopy (ending it holds the source for a long moment, just when the first page requests come)', async () => {

@@ -42,6 +42,10 @@ export class FaultProxy {
       await opts.beforeForward?.(index);
       if (client.destroyed) return;
       const upstream = net.connect(port, host);
+      // A link, not a buffer: forward each write as it comes, as both ends' own sockets do
+      // (with Nagle on, a small write waits here for the peer's delayed ACK, ~40 ms).
+      client.setNoDelay(true);
+      upstream.setNoDelay(true);
       upstream.on('error', () => client.destroy());
       client.on('error', () => upstream.destroy());
       for (const s of [client, upstream]) {

@@ -832,8 +832,8 @@ class IncomingSession {
     this.progressAtRun = sum(machine.progress?.() ?? []);
     this.postcopyBytesAtRun = this.placer!.placer.stats.dataBytes;
     this.report.mode = 'postcopy';
-    // How long RUN took here: with half a round trip, the source works out the guest's pause
-    // without counting the way back of this acknowledgement.
+    // The pause as timed here (from STOPPED, or RUN, to the vCPUs stepping): with half a round
+    // trip, the source works out the guest's pause without the way back of this acknowledgement.
     this.ch!.send({ type: MsgType.ACK, of: MsgType.RUN, info: { startedAfterUs: Math.round((this.runAt - this.stoppedAt) * 1000) } });
     this.progress();
   }
@@ -996,7 +996,7 @@ class IncomingSession {
     const startedAt = this.machine.steppingSince ? await this.machine.steppingSince() : performance.now();
     trace('dest', 'guest started', startedAt);
     this.state.to(DestState.COMPLETED, 'start');
-    // With its time from COMPLETE to running vCPUs, for the source's downtime figure.
+    // With its time from STOPPED (or COMPLETE) to the vCPUs stepping, for the source's downtime figure.
     this.ch!.send({ type: MsgType.SHUT, status: 'ok', startedAfterUs: Math.min(0xffffffff, Math.round((startedAt - this.completeAt) * 1000)) });
     await this.ch!.flushed().catch(() => undefined);
     this.finishReport(startedAt, startedAt - this.completeAt);

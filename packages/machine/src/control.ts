@@ -120,7 +120,7 @@ export class ControlLine {
     return Number(Atomics.load(this.counter, this.pbase));
   }
 
-  /** Writes the current CLOCK_MONOTONIC time (µs) in `slot` (worker side), waking a waiter. */
+  /** Writes the current CLOCK_MONOTONIC time (µs) in `slot` (worker side). */
   stamp(slot: typeof STEPPING_SINCE | typeof PARKED_AT): void {
     Atomics.store(this.counter, this.pbase + slot, process.hrtime.bigint() / 1000n);
   }

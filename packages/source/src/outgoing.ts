@@ -445,8 +445,8 @@ export class OutgoingMigration {
         await this.roundTrip();
         trace('source', `second early discard: ${second.pages} pages`);
       }
-      // One more round trip, over an idle link now, for the one-way time of the last command
-      // (COMPLETE or RUN; half of it) in the downtime figure.
+      // One more round trip, over an idle link now, for the one-way time of STOPPED (half of
+      // it) in the downtime figure. Nothing is sent after it until STOPPED: the link stays idle.
       const rttStart = performance.now();
       await this.roundTrip();
       const rttMs = performance.now() - rttStart;
@@ -455,12 +455,13 @@ export class OutgoingMigration {
         this.setPhase('stop-and-copy');
         const stoppedAt = performance.now();
         trace('source', 'stopping the guest');
-        // The link is idle (the round trip above): STOPPED reaches the destination in half a
-        // round trip, and it times the rest of the pause itself.
-        this.send({ type: MsgType.STOPPED });
-        const markAt = performance.now();
         await this.machine.stop();
         const pausedAt = this.machine.parkedAt ?? stoppedAt;
+        // The link is idle (the round trip above): STOPPED reaches the destination in half a
+        // round trip, and it times the rest of the pause itself. Sent once the vCPUs are parked:
+        // until then they hold a CPU, and the destination might wait for one to read it.
+        this.send({ type: MsgType.STOPPED });
+        const markAt = performance.now();
         trace('source', 'guest paused', pausedAt);
         trace('source', 'guest stopped');
         guestStopped = true;
@@ -499,12 +500,13 @@ export class OutgoingMigration {
         report.mode = 'postcopy';
         const stoppedAt = performance.now();
         trace('source', 'stopping the guest');
-        // The link is idle (the round trip above): STOPPED reaches the destination in half a
-        // round trip, and it times the rest of the pause itself.
-        this.send({ type: MsgType.STOPPED });
-        const markAt = performance.now();
         await this.machine.stop();
         const pausedAt = this.machine.parkedAt ?? stoppedAt;
+        // The link is idle (the round trip above): STOPPED reaches the destination in half a
+        // round trip, and it times the rest of the pause itself. Sent once the vCPUs are parked:
+        // until then they hold a CPU, and the destination might wait for one to read it.
+        this.send({ type: MsgType.STOPPED });
+        const markAt = performance.now();
         trace('source', 'guest paused', pausedAt);
         trace('source', 'guest stopped (postcopy)');
         guestStopped = true;
@@ -1054,12 +1056,12 @@ function addDiscards(a: DiscardCounts, b: DiscardCounts): DiscardCounts {
 
 /**
  * The guest's pause, from `pausedAt` (its first vCPU parked here, as the vCPU stamped it) to
- * its last vCPU's first step on the destination: until STOPPED left at `markAt` (as the stop
- * was asked for, on an idle link: usually a moment before `pausedAt`), plus its one-way trip (half the round
- * trip `rttMs` measured just before the stop), plus the destination's own time, in its own
- * clock, from reading STOPPED to running vCPUs, which it sends back: everything after
- * STOPPED (the last pages, discards, device state, however long they sit in socket buffers)
- * is in that time. The confirmation's way back (it arrived at `ackedAt`) is not downtime.
+ * its last vCPU's first step on the destination: until STOPPED left at `markAt` (once the
+ * vCPUs were parked, on an idle link), plus its one-way trip
+ * (half the round trip `rttMs` measured just before the stop), plus the destination's own
+ * time, in its own clock, from reading STOPPED to its vCPUs stepping, which it sends back:
+ * everything after STOPPED (the last pages, discards, device state, however long they sit in
+ * socket buffers) is in that time. The confirmation's way back (it arrived at `ackedAt`) is not downtime.
  * Without the destination's time (a lost link) the pause runs to `ackedAt`, and it never runs
  * past it.
  */
