@@ -6,7 +6,7 @@ import { expect } from 'chai';
 import net from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { encodeHello, newMigrationId } from '@livemig/protocol';
-import { freePort, migrate, migrateTraced, traceTimeMs, waitHttp } from './support/procs.js';
+import { freePort, migrate, tracedMigration, waitHttp } from './support/procs.js';
 
 describe('precopy migration between two processes', function () {
   this.timeout(120_000);
@@ -37,15 +37,8 @@ describe('precopy migration between two processes', function () {
   });
 
   it('the downtime the source reports agrees within 1 ms (or 5% of a long pause) with the pause read off the host clock both ends share (first vCPU parked → last vCPU stepping there)', async () => {
-    const recv = migrateTraced('recv', '--listen', '127.0.0.1:0', '--json');
-    const addr = await recv.listening();
-    const send = migrateTraced('send', '--to', addr, '--ram', '128M', '--vcpus', '1', '--migrate-after', '300', '--downtime-limit', '1000', '--json');
-    const [s, r] = await Promise.all([send.done(), recv.done()]);
-    expect(s.code, send.stderr).to.equal(0);
-    expect(r.code, recv.stderr).to.equal(0);
-    const sr = send.report();
+    const { report: sr, clockMs } = await tracedMigration(['--ram', '128M', '--vcpus', '1', '--migrate-after', '300', '--downtime-limit', '1000']);
     expect(sr.mode).to.equal('precopy');
-    const clockMs = traceTimeMs(recv.stderr, 'dest', 'guest started') - traceTimeMs(send.stderr, 'source', 'guest paused');
     expect(clockMs).to.be.greaterThan(0);
     expect(Math.abs(sr.downtimeMs - clockMs), `reported ${sr.downtimeMs} ms, clock ${clockMs.toFixed(2)} ms`).to.be.at.most(Math.max(1, clockMs * 0.05));
   });

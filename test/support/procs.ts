@@ -124,6 +124,21 @@ export function traceTimeMs(stderr: string, side: 'source' | 'dest', what: strin
   throw new Error(`no trace line "${what}" of the ${side} in: ${stderr}`);
 }
 
+/**
+ * Runs a traced migration `recv` ← `send` (sendArgs after `--to`), checks both ends exit 0,
+ * and returns the source's report with the guest's pause read off the host clock both ends
+ * share: the source's "guest paused" → the destination's "guest started".
+ */
+export async function tracedMigration(sendArgs: string[]): Promise<{ report: Record<string, any>; clockMs: number }> {
+  const recv = migrateTraced('recv', '--listen', '127.0.0.1:0', '--json');
+  const addr = await recv.listening();
+  const send = migrateTraced('send', '--to', addr, ...sendArgs, '--json');
+  const [s, r] = await Promise.all([send.done(), recv.done()]);
+  if (s.code !== 0 || r.code !== 0) throw new Error(`send exit ${s.code}, recv exit ${r.code}\n${send.stderr}\n${recv.stderr}`);
+  const clockMs = traceTimeMs(recv.stderr, 'dest', 'guest started') - traceTimeMs(send.stderr, 'source', 'guest paused');
+  return { report: send.report(), clockMs };
+}
+
 /** A TCP port that was free a moment ago on 127.0.0.1. */
 export async function freePort(): Promise<number> {
   const srv = net.createServer();
