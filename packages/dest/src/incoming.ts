@@ -201,7 +201,6 @@ class IncomingSession {
   private totalBytes = 0;
   private t0 = performance.now();
   private setupTimeMs = 0;
-  private completeAt = 0;
   /**
    * When STOPPED was read (0: not yet): the guest's pause is timed here from that read, in
    * this clock, so whatever follows (the last pages, queued in socket buffers; this thread
@@ -225,7 +224,11 @@ class IncomingSession {
   private discardPages = 0;
   private discardMaxRanges = 0;
   private runAt = 0;
-  private stoppedAt = 0;
+  /**
+   * Where the guest's pause starts as timed here: the read that brought STOPPED, or, from a
+   * source that sends none, the read that brought COMPLETE (precopy) or RUN (postcopy).
+   */
+  private pausedFrom = 0;
   private progressAtRun = 0;
   private postcopyBytesAtRun = 0;
   /** The source announced a preempt channel (SETUP caps). */
@@ -624,7 +627,7 @@ class IncomingSession {
         this.state.to(DestState.COMPLETING, 'COMPLETE');
         // From the read that brought STOPPED (or, from a source that sends none, COMPLETE):
         // placing the last pages and loading DEVICE are part of the pause.
-        this.completeAt = this.stoppedReadAt || this.ch!.lastReadAt || performance.now();
+        this.pausedFrom = this.stoppedReadAt || this.ch!.lastReadAt || performance.now();
         trace('dest', 'COMPLETE');
         return this.complete();
       case MsgType.STOPPED:
@@ -819,7 +822,7 @@ class IncomingSession {
   private async runGuest(): Promise<void> {
     // The guest's pause, as seen here, runs from the read that brought STOPPED (or, from a
     // source that sends none, RUN) to its vCPUs running.
-    this.stoppedAt = this.stoppedReadAt || this.ch!.lastReadAt || performance.now();
+    this.pausedFrom = this.stoppedReadAt || this.ch!.lastReadAt || performance.now();
     if (!this.device) throw new Error('RUN without device state');
     const machine = this.machine!;
     machine.loadDevice(unpack(this.device));
@@ -834,7 +837,7 @@ class IncomingSession {
     this.report.mode = 'postcopy';
     // The pause as timed here (from STOPPED, or RUN, to the vCPUs stepping): with half a round
     // trip, the source works out the guest's pause without the way back of this acknowledgement.
-    this.ch!.send({ type: MsgType.ACK, of: MsgType.RUN, info: { startedAfterUs: Math.round((this.runAt - this.stoppedAt) * 1000) } });
+    this.ch!.send({ type: MsgType.ACK, of: MsgType.RUN, info: { startedAfterUs: Math.round((this.runAt - this.pausedFrom) * 1000) } });
     this.progress();
   }
 
@@ -880,7 +883,7 @@ class IncomingSession {
     } catch {
       trace('dest', 'SHUT could not be sent: the link failed after END');
     }
-    this.finishReport(this.runAt, this.runAt - this.stoppedAt);
+    this.finishReport(this.runAt, this.runAt - this.pausedFrom);
     r.ram.postcopyBytes = placer.stats.dataBytes - this.postcopyBytesAtRun;
     r.ram.precopyBytes = this.postcopyBytesAtRun;
     this.done({ report: r, machine });
@@ -997,9 +1000,9 @@ class IncomingSession {
     trace('dest', 'guest started', startedAt);
     this.state.to(DestState.COMPLETED, 'start');
     // With its time from STOPPED (or COMPLETE) to the vCPUs stepping, for the source's downtime figure.
-    this.ch!.send({ type: MsgType.SHUT, status: 'ok', startedAfterUs: Math.min(0xffffffff, Math.round((startedAt - this.completeAt) * 1000)) });
+    this.ch!.send({ type: MsgType.SHUT, status: 'ok', startedAfterUs: Math.min(0xffffffff, Math.round((startedAt - this.pausedFrom) * 1000)) });
     await this.ch!.flushed().catch(() => undefined);
-    this.finishReport(startedAt, startedAt - this.completeAt);
+    this.finishReport(startedAt, startedAt - this.pausedFrom);
     this.done({ report: this.report, machine: this.machine });
   }
 
