@@ -69,15 +69,15 @@ export class Channel {
     this.info = info;
     this.decoder = new FrameDecoder({ ...opts.limits, role: opts.readRole });
     // A plaintext connection that brings page data reads into a ring (ring-socket.ts): no
-    // allocation per read, and a payload is one contiguous segment.
-    const moved = opts.readRing
-      ? moveToReadRing(socket, new ReadRing(opts.readRing === true ? {} : opts.readRing), () => this.decoder.bufferedBytes, (b) => this.onData(b))
-      : null;
+    // allocation per read, and a payload is one contiguous segment. One that cannot move (TLS)
+    // copies what it reads into the ring instead (copyIntoRing).
+    const ring = opts.readRing ? new ReadRing(opts.readRing === true ? {} : opts.readRing) : null;
+    const moved = ring ? moveToReadRing(socket, ring, () => this.decoder.bufferedBytes, (b) => this.onData(b)) : null;
     if (moved) socket = moved.socket;
     this.socket = socket;
     this.readsIntoRing = moved !== null;
     socket.setNoDelay(true);
-    if (!moved) socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    if (!moved) socket.on('data', ring ? (chunk: Buffer) => this.copyIntoRing(ring, chunk) : (chunk: Buffer) => this.onData(chunk));
     socket.on('drain', () => this.flushDrainWaiters());
     socket.on('error', (err) => this.fail(new ChannelClosedError(info.label, `${(err as NodeJS.ErrnoException).code ?? ''} ${err.message}`.trim())));
     // The peer going away does not discard what it sent before: frames already received (an
@@ -250,6 +250,26 @@ export class Channel {
       return;
     }
     this.pump();
+  }
+
+  /**
+   * Copies a chunk read by a socket that cannot read into the ring itself (TLS: node:tls
+   * decrypts into a fresh buffer of at most one 16 KiB record per 'data' event). Without the
+   * copy a 1 MiB run of pages arrives as 64 segments, a page straddles two of them, and the
+   * destination places it with one UFFDIO_COPY per piece: 8 KiB a call on average, at half
+   * the rate of 1 MiB calls here (DESIGN.md §3). The copy is of bytes still in the cache.
+   * While a handler's promise holds reading back, the frame it holds may point into the ring:
+   * the rest goes to the decoder as it is, and the ring is not written until reading resumes.
+   */
+  private copyIntoRing(ring: ReadRing, chunk: Buffer): void {
+    let at = 0;
+    while (at < chunk.length && !this.paused && !this.isClosed) {
+      const space = ring.next(this.decoder.bufferedBytes);
+      const n = chunk.copy(space, 0, at);
+      at += n;
+      this.onData(ring.commit(n));
+    }
+    if (at < chunk.length) this.onData(at === 0 ? chunk : chunk.subarray(at));
   }
 
   private pump(): void {

@@ -6,10 +6,11 @@
  */
 import { expect } from 'chai';
 import net from 'node:net';
+import { Duplex } from 'node:stream';
 import { createHash } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { MsgType, ProtocolError, encodeFrame, encodeHello, newMigrationId, payloadToBuffer, type Frame } from '@livemig/protocol';
-import { acceptChannel, connectChannel, type Channel } from '@livemig/transport';
+import { Channel, acceptChannel, connectChannel } from '@livemig/transport';
 
 const MiB = 1024 * 1024;
 
@@ -295,6 +296,34 @@ describe('Channel', function () {
       { type: MsgType.REQ_PAGES, block: 'ram0', offset: 4096, length: 8192 },
       { type: MsgType.SHUT, status: 'ok' },
     ]);
+  });
+
+  it('a stream that cannot read into the ring (TLS) copies into it, and a frame held by a pending handler is not written over', async () => {
+    // A stream with no descriptor takes the path TLS sockets take: what it reads is copied
+    // into the receive ring (8 MiB). Here 24 MiB arrive in one chunk; the handler holds the
+    // first frame, whose bytes sit at the start of the ring, while the rest comes in.
+    const stream = new Duplex({ read() {}, write(_chunk, _enc, cb) { cb(); } });
+    (stream as unknown as { setNoDelay: () => void }).setNoDelay = () => undefined;
+    const ch = new Channel(stream as unknown as net.Socket, { role: 'return', uuid: newMigrationId(), label: 'test stream' }, { readRing: true });
+    channels.push(ch);
+    expect(ch.readsIntoRing).to.equal(false);
+    const runs = Array.from({ length: 24 }, (_, i) => pattern(MiB, 40 + i));
+    const got: Array<{ bytes: Buffer; segments: number }> = [];
+    let heldIntact: boolean | null = null;
+    ch.setHandler((frame) => {
+      if (got.length === 0 && heldIntact === null) {
+        return sleep(50).then(() => {
+          heldIntact = sha(Buffer.from(payloadToBuffer(frame.payload))) === sha(runs[0]!);
+          got.push({ bytes: Buffer.from(payloadToBuffer(frame.payload)), segments: frame.payload.segments.length });
+        });
+      }
+      got.push({ bytes: Buffer.from(payloadToBuffer(frame.payload)), segments: frame.payload.segments.length });
+    });
+    stream.push(Buffer.concat(runs.flatMap((run, i) => encodeFrame({ type: MsgType.PAGE_RUN, block: 'ram0', pageSize: 4096, offset: i * MiB, count: 256 }, run))));
+    await until(() => got.length === runs.length, 5000, 'every run');
+    expect(heldIntact, 'the held frame, after the wait').to.equal(true);
+    expect(got[0]!.segments, 'the first run, copied into the ring').to.equal(1);
+    got.forEach((g, i) => expect(sha(g.bytes), `run ${i}`).to.equal(sha(runs[i]!)));
   });
 
   it('a handler returning a promise pauses the socket: no frame is delivered until it resolves, then all follow in order', async () => {
