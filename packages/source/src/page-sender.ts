@@ -1,7 +1,8 @@
 /**
  * page-sender.ts — owns putting pages on the wire: a page range of a block becomes PAGE_RUN
- * frames (header + the guest memory itself as payload, never copied) for data pages and ZERO
- * run frames (no payload) for zero pages, honouring the rate limiter and socket backpressure.
+ * frames (header + the guest memory itself as payload, not copied) for runs of data pages,
+ * PAGES frames (the pages copied into one buffer) for short scattered runs, and ZERO run
+ * frames (no payload) for zero pages, honouring the rate limiter and socket backpressure.
  * Pages the kernel said were never populated when the migration began (and not written since)
  * are zero without being read — reading them would fault in the zero page, one fault each; the
  * others are compared with a zero page.
@@ -133,9 +134,11 @@ export class PageSender {
     const populated = block.populated;
     let sent = 0;
     const zeroRuns: Array<[number, number]> = [];
-    // Short data runs are gathered into one PAGES frame (offsets + the pages themselves).
+    // Short data runs are gathered into one PAGES frame (offsets + the pages themselves),
+    // copied into one buffer: a view and a socket write per page cost more than the copy
+    // (precopy of a guest with data in 1 page of 64: round 1 in 112 ms with views).
     const sparseOffsets: number[] = [];
-    const sparseViews: Buffer[] = [];
+    let sparse: Buffer | null = null;
 
     const flushZero = async (): Promise<void> => {
       if (zeroRuns.length === 0) return;
@@ -150,7 +153,10 @@ export class PageSender {
       if (n === 0) return;
       const bytes = n * ps;
       await this.pace(bytes);
-      const ok = this.ch.send({ type: MsgType.PAGES, block: block.name, pageSize: ps, offsets: sparseOffsets.splice(0) }, sparseViews.splice(0));
+      // The buffer goes to the socket as it is (written later): the next batch gets a new one.
+      const payload = sparse!.subarray(0, bytes);
+      sparse = null;
+      const ok = this.ch.send({ type: MsgType.PAGES, block: block.name, pageSize: ps, offsets: sparseOffsets.splice(0) }, payload);
       this.stats.pagesNormal += n;
       this.stats.dataBytes += bytes;
       sent += bytes;
@@ -159,9 +165,10 @@ export class PageSender {
     };
     const sendRun = async (from: number, to: number): Promise<void> => {
       if (to - from < SPARSE_RUN) {
-        sparseOffsets.push(from * ps);
-        sparseViews.push(buf.subarray(from * ps, to * ps));
-        for (let p = from + 1; p < to; p++) sparseOffsets.push(p * ps);
+        // A run shorter than SPARSE_RUN fits in what is left (flushed at MAX_SPARSE or more).
+        sparse ??= Buffer.allocUnsafeSlow((MAX_SPARSE + SPARSE_RUN) * ps);
+        buf.copy(sparse, sparseOffsets.length * ps, from * ps, to * ps);
+        for (let p = from; p < to; p++) sparseOffsets.push(p * ps);
         if (sparseOffsets.length >= MAX_SPARSE) await flushSparse();
         return;
       }

@@ -1,0 +1,118 @@
+/**
+ * PageSender over a real loopback channel: which frame each kind of page travels in (PAGE_RUN
+ * for runs, PAGES for short scattered runs, ZERO for zero pages and never-populated ones), and
+ * that a destination rebuilding memory from the frames gets the block byte for byte.
+ */
+import { expect } from 'chai';
+import net from 'node:net';
+import { MsgType, payloadToBuffer, newMigrationId, type Frame } from '@livemig/protocol';
+import { acceptChannel, connectChannel, type Channel } from '@livemig/transport';
+import { PageBitmap, RateLimiter } from '@livemig/source';
+import { PageSender, type SendBlock } from '../src/page-sender.js';
+
+const PS = 4096;
+
+const servers: net.Server[] = [];
+const channels: Channel[] = [];
+
+afterEach(async () => {
+  for (const c of channels.splice(0)) c.close();
+  await Promise.all(servers.splice(0).map((s) => new Promise((r) => s.close(r))));
+});
+
+/** A connected pair: `out` (the source's main channel) and `in` (the destination's end). */
+async function pair(): Promise<{ out: Channel; in: Channel }> {
+  const server = net.createServer({ pauseOnConnect: true });
+  servers.push(server);
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const port = (server.address() as net.AddressInfo).port;
+  const accepted = new Promise<Channel>((resolve, reject) => {
+    server.once('connection', (s) => acceptChannel(s).then(({ channel }) => resolve(channel), reject));
+  });
+  const uuid = newMigrationId();
+  const [out, inn] = await Promise.all([connectChannel({ endpoint: { host: '127.0.0.1', port }, role: 'main', uuid }), accepted]);
+  channels.push(out, inn);
+  return { out, in: inn };
+}
+
+/** A destination's view: frames by type, and the memory they rebuild (zero where nothing came). */
+function rebuild(ch: Channel, pages: number): { frames: Frame[]; memory: Buffer; pagesSeen: Set<number> } {
+  const frames: Frame[] = [];
+  const memory = Buffer.alloc(pages * PS, 0xee); // not zero: a page no frame covers stays visible
+  const pagesSeen = new Set<number>();
+  ch.setHandler((f) => {
+    frames.push({ msg: f.msg, payload: { length: f.payload.length, segments: [] } });
+    const m = f.msg;
+    if (m.type === MsgType.PAGE_RUN) {
+      memory.set(payloadToBuffer(f.payload), m.offset);
+      for (let i = 0; i < m.count; i++) pagesSeen.add(m.offset / PS + i);
+    } else if (m.type === MsgType.PAGES) {
+      const data = payloadToBuffer(f.payload);
+      m.offsets.forEach((off, i) => {
+        memory.set(data.subarray(i * PS, (i + 1) * PS), off);
+        pagesSeen.add(off / PS);
+      });
+    } else if (m.type === MsgType.ZERO) {
+      for (const [off, count] of m.runs) {
+        memory.fill(0, off, off + count * PS);
+        for (let i = 0; i < count; i++) pagesSeen.add(off / PS + i);
+      }
+    }
+  });
+  return { frames, memory, pagesSeen };
+}
+
+/** A block whose page p holds data when `data(p)`: its index in every byte but the first. */
+function block(pages: number, data: (p: number) => boolean, populated = new PageBitmap(pages, true)): SendBlock {
+  const buffer = Buffer.alloc(pages * PS);
+  for (let p = 0; p < pages; p++) if (data(p)) buffer.fill((p % 251) + 1, p * PS + 1, (p + 1) * PS);
+  return { name: 'ram0', pageSize: PS, pages, buffer, populated };
+}
+
+async function until(cond: () => boolean, what: string): Promise<void> {
+  const end = Date.now() + 5000;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 2));
+  }
+}
+
+describe('PageSender', function () {
+  this.timeout(10_000);
+
+  it('scattered data pages travel in PAGES frames, and the destination rebuilds them byte for byte', async () => {
+    const { out, in: inn } = await pair();
+    const pages = 4096;
+    // Runs of 1, 2 and 3 data pages between zero gaps: all shorter than a PAGE_RUN's minimum.
+    const b = block(pages, (p) => p % 9 === 0 || p % 9 === 4 || p % 9 === 5 || (p % 9 >= 6 && p % 9 <= 8 && p % 2 === 0));
+    const seen = rebuild(inn, pages);
+    const sender = new PageSender(out, new RateLimiter());
+    const sent = await sender.sendRange(b, 0, pages);
+    await until(() => seen.pagesSeen.size === pages, 'every page');
+    expect(seen.memory.equals(b.buffer), 'rebuilt memory').to.equal(true);
+    expect(sent).to.equal(sender.stats.pagesNormal * PS);
+    const types = new Set(seen.frames.map((f) => f.msg.type));
+    expect(types.has(MsgType.PAGES), 'PAGES frames').to.equal(true);
+    expect(types.has(MsgType.PAGE_RUN), 'no run here is long enough for PAGE_RUN').to.equal(false);
+    for (const f of seen.frames) if (f.msg.type === MsgType.PAGES) expect(f.msg.offsets.length).to.be.at.most(256 + 8);
+  });
+
+  it('long data runs travel as PAGE_RUN, zero pages as ZERO runs without payload, and never-populated pages are not read', async () => {
+    const { out, in: inn } = await pair();
+    const pages = 1024;
+    const populated = new PageBitmap(pages, true);
+    populated.clearRange(512, 768); // these hold "data" but the kernel said they were never populated
+    const b = block(pages, (p) => (p >= 100 && p < 300) || (p >= 512 && p < 768), populated);
+    const seen = rebuild(inn, pages);
+    const sender = new PageSender(out, new RateLimiter());
+    await sender.sendRange(b, 0, pages);
+    await until(() => seen.pagesSeen.size === pages, 'every page');
+    const expected = Buffer.from(b.buffer);
+    expected.fill(0, 512 * PS, 768 * PS); // sent as zero without being read
+    expect(seen.memory.equals(expected), 'rebuilt memory').to.equal(true);
+    const runs = seen.frames.filter((f) => f.msg.type === MsgType.PAGE_RUN);
+    expect(runs.map((f) => (f.msg as { offset: number }).offset)).to.deep.equal([100 * PS]);
+    expect(seen.frames.filter((f) => f.msg.type === MsgType.ZERO).every((f) => f.payload.length === 0)).to.equal(true);
+    expect(sender.stats).to.deep.include({ pagesNormal: 200, pagesZero: pages - 200 });
+  });
+});
