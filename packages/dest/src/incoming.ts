@@ -605,10 +605,7 @@ class IncomingSession {
         const b = this.placer!.get(m.block);
         const offs = m.offsets;
         forEachPageRun(f.payload, b.pageSize, this.bounceFor(b), (src, idx, n) => {
-          for (let i = 0; i < n; i++) {
-            const page = src.length === b.pageSize ? src : src.subarray(i * b.pageSize, (i + 1) * b.pageSize);
-            this.placer!.placer.placeRun(b, offs[idx + i]! / b.pageSize, 1, page);
-          }
+          for (let i = 0; i < n; i++) this.placer!.placer.placeRun(b, offs[idx + i]! / b.pageSize, 1, src, i * b.pageSize);
         });
         return;
       }

@@ -117,8 +117,8 @@ export class PagePlacer {
     return b;
   }
 
-  /** Places `count` pages from `src` at page index `first` of `block`. */
-  placeRun(b: PlacerBlock, first: number, count: number, src: Buffer): void {
+  /** Places `count` pages from `src` (starting `srcBase` bytes in) at page index `first` of `block`. */
+  placeRun(b: PlacerBlock, first: number, count: number, src: Buffer, srcBase = 0): void {
     const ps = b.pageSize;
     const state = b.state;
     this.stats.pagesNormal += count;
@@ -129,9 +129,9 @@ export class PagePlacer {
       const present = state[p] === PAGE_PRESENT;
       let q = p + 1;
       while (q < end && (state[q] === PAGE_PRESENT) === present) q++;
-      const srcOff = (p - first) * ps;
+      const srcOff = srcBase + (p - first) * ps;
       if (present) {
-        if (!this.postcopy) b.buffer.set(src.subarray(srcOff, srcOff + (q - p) * ps), p * ps);
+        if (!this.postcopy) src.copy(b.buffer, p * ps, srcOff, srcOff + (q - p) * ps);
         this.stats.overwritten += q - p;
       } else {
         this.copyIn(b, p, q, src, srcOff);
@@ -150,7 +150,7 @@ export class PagePlacer {
       ? undefined
       : (page: number): void => {
           const at = (page - first) * ps;
-          b.buffer.set(src.subarray(srcOff + at, srcOff + at + ps), page * ps);
+          src.copy(b.buffer, page * ps, srcOff + at, srcOff + at + ps);
         };
     copyPages(this.uffd, b.name, b.mapping.addr, ps, first, end, bufferAddress(src) + srcOff, onPresent);
   }

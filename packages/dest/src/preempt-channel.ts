@@ -142,7 +142,7 @@ export class PreemptEndpoint {
         this.stats.pages += offs.length;
         this.stats.bytes += offs.length * b.pageSize;
         forEachPageRun(f.payload, b.pageSize, this.bounce.subarray(0, b.pageSize), (src, idx, n) => {
-          for (let i = 0; i < n; i++) this.placeData(bi, offs[idx + i]! / b.pageSize, 1, src.subarray(i * b.pageSize, (i + 1) * b.pageSize));
+          for (let i = 0; i < n; i++) this.placeData(bi, offs[idx + i]! / b.pageSize, 1, src, i * b.pageSize);
         });
         return;
       }
@@ -180,10 +180,11 @@ export class PreemptEndpoint {
   }
 
   /** Places the pages [first, first + count) not present yet from `src`. */
-  private placeData(bi: number, first: number, count: number, src: Buffer): void {
+  /** Places `count` pages from `src` (starting `srcOff` bytes in) at page index `first`. */
+  private placeData(bi: number, first: number, count: number, src: Buffer, srcOff = 0): void {
     const b = this.blocks[bi]!;
     const ps = b.pageSize;
-    const base = bufferAddress(src);
+    const base = bufferAddress(src) + srcOff;
     forEachNotPresentRun(b.states, first, first + count, (p, q) => {
       copyPages(this.uffd, b.name, b.addr, ps, p, q, base + (p - first) * ps);
       this.markPresent(bi, p, q);

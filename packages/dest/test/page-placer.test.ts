@@ -96,6 +96,14 @@ describe('PagePlacer', () => {
       expect(placer.stats).to.deep.include({ copied: 2, overwritten: 2, received: 2, pagesNormal: 4 });
     });
 
+    it('takes the pages from an offset into the source buffer (a PAGES frame\'s payload), for missing and present pages alike', () => {
+      placer.placeRun(b, 6, 1, pages(1, 9)); // present: overwritten from the offset too
+      const payload = pages(4, 3);
+      placer.placeRun(b, 5, 2, payload, 2 * PS);
+      expect(read(5, 2).equals(payload.subarray(2 * PS, 4 * PS))).to.equal(true);
+      expect(placer.stats).to.deep.include({ copied: 2, overwritten: 1, received: 2 });
+    });
+
     it('copies the missing pages and overwrites the present ones of a mixed run', () => {
       placer.placeRun(b, 3, 2, pages(2, 1));
       const src = pages(8, 5);

@@ -84,6 +84,16 @@ describe('PreemptEndpoint', () => {
     expect(endpoint.stats).to.deep.include({ pages: 4, bytes: 4 * PS, placed: 4 });
   });
 
+  it('places scattered pages sent as one PAGES frame, each at its own offset', async () => {
+    const data = pages(3, 4);
+    source.send({ type: MsgType.PAGES, block: 'ram0', pageSize: PS, offsets: [9 * PS, 1 * PS, 12 * PS] }, data);
+    await roundTrip();
+    expect(Buffer.from(ram.bytes(9 * PS, PS)).equals(data.subarray(0, PS))).to.equal(true);
+    expect(Buffer.from(ram.bytes(1 * PS, PS)).equals(data.subarray(PS, 2 * PS))).to.equal(true);
+    expect(Buffer.from(ram.bytes(12 * PS, PS)).equals(data.subarray(2 * PS))).to.equal(true);
+    expect(endpoint.stats).to.deep.include({ pages: 3, placed: 3 });
+  });
+
   it('reports a requested page it placed, and only that one', async () => {
     b.state[7] = PAGE_REQUESTED;
     source.send({ type: MsgType.PAGE_RUN, block: 'ram0', pageSize: PS, offset: 6 * PS, count: 2 }, pages(2, 2));

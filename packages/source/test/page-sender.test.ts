@@ -7,7 +7,8 @@ import { expect } from 'chai';
 import net from 'node:net';
 import { MsgType, payloadToBuffer, newMigrationId, type Frame } from '@livemig/protocol';
 import { acceptChannel, connectChannel, type Channel } from '@livemig/transport';
-import { PageBitmap, RateLimiter } from '@livemig/source';
+import { PageBitmap } from '../src/page-bitmap.js';
+import { RateLimiter } from '../src/rate-limiter.js';
 import { PageSender, type SendBlock } from '../src/page-sender.js';
 
 const PS = 4096;
