@@ -179,8 +179,7 @@ export class PreemptEndpoint {
     return i;
   }
 
-  /** Places the pages [first, first + count) not present yet from `src`. */
-  /** Places `count` pages from `src` (starting `srcOff` bytes in) at page index `first`. */
+  /** Places the pages [first, first + count) not present yet from `src`, starting `srcOff` bytes in. */
   private placeData(bi: number, first: number, count: number, src: Buffer, srcOff = 0): void {
     const b = this.blocks[bi]!;
     const ps = b.pageSize;

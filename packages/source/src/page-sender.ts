@@ -37,6 +37,8 @@ const MAX_ZERO_RUNS = 1024;
 const SPARSE_RUN = 8;
 /** Most pages in one PAGES frame. */
 const MAX_SPARSE = 256;
+/** Largest PAGES payload, well under the protocol's frame limit (16 MiB). */
+const MAX_SPARSE_BYTES = 2 * 1024 * 1024;
 /** Page data gathered under cork before it is let go (see flushIfLarge). */
 const FLUSH_BYTES = 1024 * 1024;
 
@@ -139,6 +141,8 @@ export class PageSender {
     // (precopy of a guest with data in 1 page of 64: round 1 in 112 ms with views).
     const sparseOffsets: number[] = [];
     let sparse: Buffer | null = null;
+    // Pages of 1 MiB or more (hugetlb) go as runs, without a copy: a few of them fill a frame.
+    const sparseFits = ps * (MAX_SPARSE + SPARSE_RUN) <= MAX_SPARSE_BYTES;
 
     const flushZero = async (): Promise<void> => {
       if (zeroRuns.length === 0) return;
@@ -164,9 +168,10 @@ export class PageSender {
       else this.flushIfLarge(bytes);
     };
     const sendRun = async (from: number, to: number): Promise<void> => {
-      if (to - from < SPARSE_RUN) {
-        // A run shorter than SPARSE_RUN fits in what is left (flushed at MAX_SPARSE or more).
-        sparse ??= Buffer.allocUnsafeSlow((MAX_SPARSE + SPARSE_RUN) * ps);
+      if (to - from < SPARSE_RUN && sparseFits) {
+        // Sized for what this range can still bring (often a single page), at most a full
+        // batch: flushed at MAX_SPARSE or more, so at most MAX_SPARSE - 1 + SPARSE_RUN - 1.
+        sparse ??= Buffer.allocUnsafeSlow(Math.min(MAX_SPARSE + SPARSE_RUN - 2, end - from) * ps);
         buf.copy(sparse, sparseOffsets.length * ps, from * ps, to * ps);
         for (let p = from; p < to; p++) sparseOffsets.push(p * ps);
         if (sparseOffsets.length >= MAX_SPARSE) await flushSparse();

@@ -256,8 +256,9 @@ export class Channel {
    * Copies a chunk read by a socket that cannot read into the ring itself (TLS: node:tls
    * decrypts into a fresh buffer of at most one 16 KiB record per 'data' event). Without the
    * copy a 1 MiB run of pages arrives as 64 segments, a page straddles two of them, and the
-   * destination places it with one UFFDIO_COPY per piece: 8 KiB a call on average, at half
-   * the rate of 1 MiB calls here (DESIGN.md §3). The copy is of bytes still in the cache.
+   * destination places it with one UFFDIO_COPY per piece: 8 KiB a call on average, where 4 KiB
+   * calls run at half the rate of 1 MiB calls here (`pnpm bench`, uffd: 1.6 against 3.3 GB/s).
+   * The copy is of bytes still in the cache.
    * While a handler's promise holds reading back, the frame it holds may point into the ring:
    * the rest goes to the decoder as it is, and the ring is not written until reading resumes.
    */

@@ -317,7 +317,6 @@ describe('TLS (certificates made once for this file)', function () {
       expect(sha(got[1]!.bytes)).to.equal(sha(run));
     });
 
-
     it('x509 by host name: the name dialled (localhost) is checked against the SANs', async () => {
       const { port, nextSocket } = await listen('localhost');
       const r = await Promise.all([
