@@ -36,44 +36,7 @@ export class PageBitmap {
    * (same size). Skips four pages at a time where either is clear.
    */
   forEachRunAnd(other: PageBitmap, cb: (first: number, end: number) => void): void {
-    const a = this.bits;
-    const b = other.bits;
-    const n = this.pages;
-    const words = n >> 2;
-    const a32 = new Uint32Array(a.buffer, a.byteOffset, words);
-    const b32 = new Uint32Array(b.buffer, b.byteOffset, words);
-    let runStart = -1;
-    for (let w = 0; w < words; w++) {
-      const x = a32[w]! & b32[w]!;
-      if (x === 0) {
-        if (runStart >= 0) {
-          cb(runStart, w << 2);
-          runStart = -1;
-        }
-        continue;
-      }
-      if (x === 0x01010101) {
-        if (runStart < 0) runStart = w << 2;
-        continue;
-      }
-      for (let p = w << 2; p < (w << 2) + 4; p++) {
-        if (a[p]! & b[p]!) {
-          if (runStart < 0) runStart = p;
-        } else if (runStart >= 0) {
-          cb(runStart, p);
-          runStart = -1;
-        }
-      }
-    }
-    for (let p = words << 2; p < n; p++) {
-      if (a[p]! & b[p]!) {
-        if (runStart < 0) runStart = p;
-      } else if (runStart >= 0) {
-        cb(runStart, p);
-        runStart = -1;
-      }
-    }
-    if (runStart >= 0) cb(runStart, n);
+    this.forEachRunAndIn(other, 0, this.pages, cb);
   }
 
   /**
@@ -87,14 +50,40 @@ export class PageBitmap {
     const a = this.bits;
     const b = other.bits;
     let runStart = -1;
-    for (let p = first; p < end; p++) {
+    const page = (p: number): void => {
       if (a[p]! & b[p]!) {
         if (runStart < 0) runStart = p;
       } else if (runStart >= 0) {
         cb(runStart, p);
         runStart = -1;
       }
+    };
+    // Whole words of four pages from the first one at or after `first` to the last before `end`.
+    const wordTo = end >> 2;
+    const wordFrom = Math.min((first + 3) >> 2, wordTo);
+    let p = first;
+    for (; p < wordFrom << 2; p++) page(p);
+    if (wordTo > wordFrom) {
+      const a32 = new Uint32Array(a.buffer, a.byteOffset, wordTo);
+      const b32 = new Uint32Array(b.buffer, b.byteOffset, wordTo);
+      for (let w = wordFrom; w < wordTo; w++) {
+        const x = a32[w]! & b32[w]!;
+        if (x === 0) {
+          if (runStart >= 0) {
+            cb(runStart, w << 2);
+            runStart = -1;
+          }
+          continue;
+        }
+        if (x === 0x01010101) {
+          if (runStart < 0) runStart = w << 2;
+          continue;
+        }
+        for (let q = w << 2; q < (w << 2) + 4; q++) page(q);
+      }
+      p = wordTo << 2;
     }
+    for (; p < end; p++) page(p);
     if (runStart >= 0) cb(runStart, end);
   }
 
