@@ -454,16 +454,7 @@ export class OutgoingMigration {
       if (!goPostcopy) {
         // --- stop and copy
         this.setPhase('stop-and-copy');
-        const stoppedAt = performance.now();
-        trace('source', 'stopping the guest');
-        await this.machine.stop();
-        const pausedAt = this.machine.parkedAt ?? stoppedAt;
-        // The link is idle (the round trip above): STOPPED reaches the destination in half a
-        // round trip, and it times the rest of the pause itself. Sent once the vCPUs are parked:
-        // until then they hold a CPU, and the destination might wait for one to read it.
-        this.send({ type: MsgType.STOPPED });
-        const markAt = performance.now();
-        trace('source', 'guest paused', pausedAt);
+        const { pausedAt, markAt } = await this.pauseGuest();
         trace('source', 'guest stopped');
         guestStopped = true;
         this.checkAbort();
@@ -499,16 +490,7 @@ export class OutgoingMigration {
         // --- postcopy switchover, in QEMU's order
         this.setPhase('stop-and-copy');
         report.mode = 'postcopy';
-        const stoppedAt = performance.now();
-        trace('source', 'stopping the guest');
-        await this.machine.stop();
-        const pausedAt = this.machine.parkedAt ?? stoppedAt;
-        // The link is idle (the round trip above): STOPPED reaches the destination in half a
-        // round trip, and it times the rest of the pause itself. Sent once the vCPUs are parked:
-        // until then they hold a CPU, and the destination might wait for one to read it.
-        this.send({ type: MsgType.STOPPED });
-        const markAt = performance.now();
-        trace('source', 'guest paused', pausedAt);
+        const { pausedAt, markAt } = await this.pauseGuest();
         trace('source', 'guest stopped (postcopy)');
         guestStopped = true;
         this.checkAbort();
@@ -658,6 +640,24 @@ export class OutgoingMigration {
         this.send({ type: MsgType.ZERO, block: b.name, pageSize: b.pageSize, runs: [[p * b.pageSize, n]] });
       }
     }
+  }
+
+  /**
+   * Stops the guest for the switchover and sends STOPPED. Returns when it paused (its first
+   * vCPU parked, as the vCPU stamped it) and when STOPPED left. The link is idle (a round trip
+   * just before): STOPPED reaches the destination in half a round trip, and it times the rest
+   * of the pause itself. Sent once the vCPUs are parked: until then they hold a CPU, and the
+   * destination might wait for one to read it.
+   */
+  private async pauseGuest(): Promise<{ pausedAt: number; markAt: number }> {
+    const stoppedAt = performance.now();
+    trace('source', 'stopping the guest');
+    await this.machine.stop();
+    const pausedAt = this.machine.parkedAt ?? stoppedAt;
+    this.send({ type: MsgType.STOPPED });
+    const markAt = performance.now();
+    trace('source', 'guest paused', pausedAt);
+    return { pausedAt, markAt };
   }
 
   /**
