@@ -38,6 +38,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { FaultProxy } from '../test/support/proxy.js';
+import { traceTimeMs } from '../test/support/procs.js';
 import { QmpClient } from '../test/support/qmp.js';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 
@@ -248,9 +249,12 @@ export async function runOnce(s: Scenario, warm = true): Promise<RunFigures> {
   }
   const sr = last(so.out);
   const rr = last(ro.out);
-  const stopping = /\[trace source ([\d.]+) s\] guest paused/.exec(so.err);
-  const started = /\[trace dest ([\d.]+) s\] guest started/.exec(ro.err);
-  const downtimeClockMs = stopping && started ? Math.round((Number(started[1]) - Number(stopping[1])) * 1e4) / 10 : undefined;
+  let downtimeClockMs: number | undefined;
+  try {
+    downtimeClockMs = Math.round((traceTimeMs(ro.err, 'dest', 'guest started') - traceTimeMs(so.err, 'source', 'guest paused')) * 10) / 10;
+  } catch {
+    downtimeClockMs = undefined; // a run without both trace lines has no clock figure
+  }
   const moveMs = sr.totalTimeMs - sr.setupTimeMs;
   const dataBytes = sr.ram.precopyBytes + sr.ram.postcopyBytes;
   return {
