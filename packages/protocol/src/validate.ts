@@ -180,7 +180,14 @@ export function validateMessage(msg: Message, payloadLength: number): void {
       blockName(m['block'], f('block'));
       const ps = pageSize(m['pageSize'], f('pageSize'));
       const runs = arr(m['runs'], f('runs'), 1, MAX_ZERO_RUNS);
+      const maxOff = MAX_OFFSET - ps;
       for (let i = 0; i < runs.length; i++) {
+        // fast path as for PAGES: a valid run builds no strings (a frame holds up to 1024)
+        const r = runs[i];
+        if (Array.isArray(r) && r.length === 2) {
+          const [o, n] = r as [unknown, unknown];
+          if (typeof o === 'number' && typeof n === 'number' && o >= 0 && o <= maxOff && o % ps === 0 && Number.isInteger(n) && n >= 1 && n <= (MAX_OFFSET - o) / ps) continue;
+        }
         const w = `${name}.runs[${i}]`;
         const [o, n] = pair(runs[i], w);
         const off = uint(o, `${w}[0] offset`, MAX_OFFSET - ps);

@@ -82,6 +82,10 @@ const rules: Rule[] = [
   { what: 'a ZERO run that is not a pair', header: { t: T.ZERO, b: 'ram0', p: 4096, r: [[0, 1, 2]] }, code: 'MALFORMED', message: 'ZERO.runs[0]: expected a [number, number] pair' },
   { what: 'a ZERO run of 0 pages', header: { t: T.ZERO, b: 'ram0', p: 4096, r: [[0, 0]] }, code: 'RANGE', message: 'ZERO.runs[0][1] count' },
   { what: 'a ZERO run offset not aligned', header: { t: T.ZERO, b: 'ram0', p: 4096, r: [[1, 1]] }, code: 'ALIGN', message: 'ZERO.runs[0][0] offset: 0x1 not aligned' },
+  { what: 'a fractional ZERO run count after valid runs', header: { t: T.ZERO, b: 'ram0', p: 4096, r: [[0, 1], [8192, 1.5]] }, code: 'MALFORMED', message: 'ZERO.runs[1][1] count: expected an integer' },
+  { what: 'a negative ZERO run offset', header: { t: T.ZERO, b: 'ram0', p: 4096, r: [[-4096, 1]] }, code: 'RANGE', message: 'ZERO.runs[0][0] offset' },
+  { what: 'a ZERO run offset given as a string', header: { t: T.ZERO, b: 'ram0', p: 4096, r: [['4096', 1]] }, code: 'MALFORMED', message: 'ZERO.runs[0][0] offset: expected an integer' },
+  { what: 'a ZERO run running past 2^48', header: { t: T.ZERO, b: 'ram0', p: 4096, r: [[2 ** 48 - 4096, 2]] }, code: 'RANGE', message: 'ZERO.runs[0][1] count' },
   { what: 'more than 4096 ZERO runs', header: { t: T.ZERO, b: 'ram0', p: 4096, r: Array.from({ length: 4097 }, (_, i) => [i * 8192, 1]) }, code: 'OVERSIZED', message: 'ZERO.runs: 4097 entries exceeds 4096' },
   { what: 'a ZERO with a payload', header: { t: T.ZERO, b: 'ram0', p: 4096, r: [[0, 1]] }, payload: 4096, code: 'MALFORMED', message: 'ZERO: payload is 4096 bytes, message implies 0' },
 
