@@ -39,6 +39,8 @@ const SPARSE_RUN = 8;
 const MAX_SPARSE = 256;
 /** Largest PAGES payload, well under the protocol's frame limit (16 MiB). */
 const MAX_SPARSE_BYTES = 2 * 1024 * 1024;
+/** Full-size PAGES buffers kept for reuse (4 KiB pages: 1 MiB each). */
+const SPARE_BUFFERS = 8;
 /** Page data gathered under cork before it is let go (see flushIfLarge). */
 const FLUSH_BYTES = 1024 * 1024;
 
@@ -94,6 +96,27 @@ export class PageSender {
     }
   }
 
+  /**
+   * Full-size PAGES buffers the kernel has taken, to be filled again. A fresh buffer's memory
+   * is first touched as the pages are copied in, which costs a page fault per 4 KiB (several
+   * times the copy here, see DESIGN.md); a reused one's is not.
+   */
+  private readonly spare: Buffer[] = [];
+
+  /**
+   * A buffer for a PAGES batch: a spare full-size one, else a new one, full-size unless the
+   * range can bring only `need` bytes (a single requested page does not cost a full batch).
+   */
+  private takeSparse(fullBytes: number, need: number): Buffer {
+    const b = this.spare.pop();
+    if (b && b.length === fullBytes) return b;
+    return Buffer.allocUnsafeSlow(Math.min(fullBytes, need));
+  }
+
+  private giveBack(b: Buffer, err?: Error | null): void {
+    if (!err && this.spare.length < SPARE_BUFFERS) this.spare.push(b);
+  }
+
   readonly stats: SendStats = { pagesNormal: 0, pagesZero: 0, dataBytes: 0 };
   private ch: Channel;
   private readonly limiter: RateLimiter;
@@ -143,6 +166,8 @@ export class PageSender {
     let sparse: Buffer | null = null;
     // Pages of 1 MiB or more (hugetlb) go as runs, without a copy: a few of them fill a frame.
     const sparseFits = ps * (MAX_SPARSE + SPARSE_RUN) <= MAX_SPARSE_BYTES;
+    // A full batch: flushed at MAX_SPARSE pages or more, so at most MAX_SPARSE - 1 + SPARSE_RUN - 1.
+    const fullBytes = (MAX_SPARSE + SPARSE_RUN - 2) * ps;
 
     const flushZero = async (): Promise<void> => {
       if (zeroRuns.length === 0) return;
@@ -157,10 +182,13 @@ export class PageSender {
       if (n === 0) return;
       const bytes = n * ps;
       await this.pace(bytes);
-      // The buffer goes to the socket as it is (written later): the next batch gets a new one.
-      const payload = sparse!.subarray(0, bytes);
+      // The buffer goes to the socket as it is (written later): the next batch takes another
+      // one, and a full-size one comes back to the pool once the kernel has taken it.
+      const full = sparse!;
+      const payload = full.subarray(0, bytes);
       sparse = null;
-      const ok = this.ch.send({ type: MsgType.PAGES, block: block.name, pageSize: ps, offsets: sparseOffsets.splice(0) }, payload);
+      const back = full.length === fullBytes ? (err?: Error | null) => this.giveBack(full, err) : undefined;
+      const ok = this.ch.send({ type: MsgType.PAGES, block: block.name, pageSize: ps, offsets: sparseOffsets.splice(0) }, payload, back);
       this.stats.pagesNormal += n;
       this.stats.dataBytes += bytes;
       sent += bytes;
@@ -169,9 +197,7 @@ export class PageSender {
     };
     const sendRun = async (from: number, to: number): Promise<void> => {
       if (to - from < SPARSE_RUN && sparseFits) {
-        // Sized for what this range can still bring (often a single page), at most a full
-        // batch: flushed at MAX_SPARSE or more, so at most MAX_SPARSE - 1 + SPARSE_RUN - 1.
-        sparse ??= Buffer.allocUnsafeSlow(Math.min(MAX_SPARSE + SPARSE_RUN - 2, end - from) * ps);
+        sparse ??= this.takeSparse(fullBytes, (end - from) * ps);
         buf.copy(sparse, sparseOffsets.length * ps, from * ps, to * ps);
         for (let p = from; p < to; p++) sparseOffsets.push(p * ps);
         if (sparseOffsets.length >= MAX_SPARSE) await flushSparse();

@@ -99,6 +99,29 @@ describe('PageSender', function () {
     for (const f of seen.frames) if (f.msg.type === MsgType.PAGES) expect(f.msg.offsets.length).to.be.at.most(255 + 7);
   });
 
+  it('a PAGES buffer comes back once the socket has taken it and carries a later batch, each frame still with its own pages', async () => {
+    const { out, in: inn } = await pair();
+    const pages = 4096;
+    const b = block(pages, (p) => p % 4 === 0); // isolated data pages: 512 per half, two PAGES frames
+    const seen = rebuild(inn, pages);
+    const buffers: ArrayBufferLike[] = [];
+    const send = out.send.bind(out);
+    out.send = ((msg, payload, written) => {
+      if (msg.type === MsgType.PAGES) buffers.push((payload as Buffer).buffer);
+      return send(msg, payload, written);
+    }) as Channel['send'];
+    const sender = new PageSender(out, new RateLimiter());
+    await sender.sendRange(b, 0, pages / 2);
+    await out.flushed();
+    const first = buffers.splice(0);
+    await sender.sendRange(b, pages / 2, pages / 2);
+    await until(() => seen.pagesSeen.size === pages, 'every page');
+    expect(seen.memory.equals(b.buffer), 'rebuilt memory').to.equal(true);
+    expect(first).to.have.length(2);
+    expect(buffers).to.have.length(2);
+    for (const buf of buffers) expect(first.includes(buf), 'the second half reuses the first half\'s buffers').to.equal(true);
+  });
+
   it('scattered 2 MiB pages (hugetlb) travel as PAGE_RUN frames of their own, not copied into a PAGES frame', async () => {
     const { out, in: inn } = await pair();
     const HPS = 2 * 1024 * 1024;

@@ -122,9 +122,11 @@ export class Channel {
 
   /**
    * Writes one frame: header, then the payload buffers as they are (no copy). Returns
-   * false when the caller should `await drained()` before writing more.
+   * false when the caller should `await drained()` before writing more. `written` is called
+   * once the kernel has taken the whole frame (the payload may then be reused), with an error
+   * if it never will.
    */
-  send(msg: Message, payload?: Buffer | readonly Buffer[]): boolean {
+  send(msg: Message, payload?: Buffer | readonly Buffer[], written?: (err?: Error | null) => void): boolean {
     if (this.isClosed) throw this.closedError ?? new ChannelClosedError(this.info.label, 'channel closed');
     let payloadLength = 0;
     if (payload) {
@@ -133,12 +135,16 @@ export class Channel {
     }
     const header = encodeHeader(msg, payloadLength);
     this.bytesWritten += header.length + payloadLength;
-    if (!payload || payloadLength === 0) return this.socket.write(header);
+    if (!payload || payloadLength === 0) return this.socket.write(header, written);
     this.socket.cork();
     this.socket.write(header);
     let ok = true;
-    if (Buffer.isBuffer(payload)) ok = this.socket.write(payload);
-    else for (const p of payload) if (p.length > 0) ok = this.socket.write(p);
+    if (Buffer.isBuffer(payload)) ok = this.socket.write(payload, written);
+    else {
+      let last = payload.length - 1;
+      while (payload[last]!.length === 0) last--;
+      for (let i = 0; i <= last; i++) if (payload[i]!.length > 0) ok = this.socket.write(payload[i]!, i === last ? written : undefined);
+    }
     this.socket.uncork();
     return ok;
   }

@@ -443,6 +443,28 @@ describe('Channel', function () {
     expect(err?.message).to.match(/connection closed by peer$/);
   });
 
+  it('send() calls `written` once per frame, after the kernel took all of it: the payload may then be overwritten', async () => {
+    const { main, ret } = await pair();
+    const got = collect(ret);
+    const big = pattern(8 * 1024 * 1024, 4); // more than the socket takes at once
+    const parts = [pattern(4096, 5), pattern(4096, 6)];
+    const want = [Buffer.from(big), Buffer.concat(parts)];
+    const calls = [0, 0];
+    main.send({ type: MsgType.PAGE_RUN, block: 'ram0', pageSize: 4096, offset: 0, count: big.length / 4096 }, big, (err) => {
+      expect(err ?? null).to.equal(null);
+      calls[0]!++;
+      big.fill(0xff);
+    });
+    main.send({ type: MsgType.PAGES, block: 'ram0', pageSize: 4096, offsets: [0, 8192] }, [parts[0]!, parts[1]!, Buffer.alloc(0)], () => {
+      calls[1]!++;
+      for (const p of parts) p.fill(0xff);
+    });
+    await until(() => got.length === 2, 5000, '2 frames');
+    expect(calls).to.deep.equal([1, 1]);
+    expect(got[0]!.bytes.equals(want[0]!)).to.equal(true);
+    expect(got[1]!.bytes.equals(want[1]!)).to.equal(true);
+  });
+
   it('send() after close throws instead of writing', async () => {
     const { main } = await pair();
     main.close();
