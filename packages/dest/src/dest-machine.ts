@@ -3,7 +3,7 @@
  * the source's description. The default factory uses @livemig/machine; a caller can supply
  * its own (for its own guest model) through `IncomingOptions.machineFactory`.
  */
-import { Machine, resolveGuest } from '@livemig/machine';
+import { Machine, dropSpareVcpus, resolveGuest, startSpareVcpus } from '@livemig/machine';
 import type { Mapping } from '@livemig/uffd';
 
 export interface DestMachine {
@@ -43,6 +43,13 @@ export interface MachineFactory {
    */
   check(kind: string, module: string | undefined, config: unknown): Promise<void>;
   create(spec: MachineSpec): Promise<DestMachine>;
+  /**
+   * Optional: start up to `vcpus` vCPU threads ahead, while no source has connected yet, for
+   * `create` to use (their boot then does not compete with the incoming pages).
+   */
+  startSpares?(vcpus: number): void;
+  /** Optional: end the threads `startSpares` started that no machine took. */
+  dropSpares?(): Promise<void>;
 }
 
 export const defaultMachineFactory: MachineFactory = {
@@ -71,5 +78,11 @@ export const defaultMachineFactory: MachineFactory = {
       ownBlocks: true,
     });
     return machine;
+  },
+  startSpares(vcpus: number): void {
+    startSpareVcpus(vcpus);
+  },
+  dropSpares(): Promise<void> {
+    return dropSpareVcpus();
   },
 };

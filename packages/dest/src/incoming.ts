@@ -64,6 +64,12 @@ export interface IncomingOptions {
   backing?: 'anonymous' | 'memfd';
   /** Builds the guest from the source's description (default: @livemig/machine). */
   machineFactory?: MachineFactory;
+  /**
+   * vCPU threads to start while waiting for the source, before its guest is known (default 2;
+   * 0: none). A guest with more vCPUs starts the rest when it arrives; the unused ones end with
+   * the migration. Each costs a worker thread's memory (~10 MiB) while it waits.
+   */
+  spareVcpus?: number;
   /** Options for the guest's host services, e.g. the kv guest's HTTP port. */
   guestPort?: number;
   /** Fail when the source sends nothing for this long (default 30 s). */
@@ -114,6 +120,9 @@ export interface IncomingResult {
   /** The running guest when the migration completed. */
   machine: DestMachine | null;
 }
+
+/** vCPU threads started ahead by default (see IncomingOptions.spareVcpus). */
+const DEFAULT_SPARE_VCPUS = 2;
 
 export class IncomingMigration {
   private readonly server: net.Server;
@@ -166,6 +175,16 @@ export class IncomingMigration {
 
   /** Waits for one migration and runs it to its end; never throws: failures are in the report. */
   async accept(): Promise<IncomingResult> {
+    const factory = this.opts.machineFactory ?? defaultMachineFactory;
+    factory.startSpares?.(this.opts.spareVcpus ?? DEFAULT_SPARE_VCPUS);
+    try {
+      return await this.acceptOne();
+    } finally {
+      await factory.dropSpares?.().catch(() => undefined);
+    }
+  }
+
+  private async acceptOne(): Promise<IncomingResult> {
     const session = new IncomingSession(this.opts);
     const socket = await new Promise<net.Socket | null>((resolve) => {
       if (!this.server.listening) return resolve(null);

@@ -10,7 +10,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { pack } from 'msgpackr';
 import { MsgType, encodeHeader, newMigrationId, type Message, type SetupMessage } from '@livemig/protocol';
 import { connectChannel, type Channel } from '@livemig/transport';
-import { Machine } from '@livemig/machine';
+import { Machine, spareVcpuCount } from '@livemig/machine';
 import { IncomingMigration, defaultMachineFactory, type IncomingResult, type MachineFactory } from '@livemig/dest';
 
 const MiB = 1024 * 1024;
@@ -118,6 +118,24 @@ describe('IncomingMigration', function () {
     } finally {
       inc.close();
     }
+  });
+
+  it('starts spare vCPU threads while it waits for a source and ends them with the migration', async () => {
+    const inc = await IncomingMigration.listen({ listen: '127.0.0.1:0', spareVcpus: 2 });
+    const result = inc.accept();
+    expect(spareVcpuCount()).to.equal(2);
+    inc.close();
+    const r = await result;
+    expect(r.report.status).to.equal('failed');
+    expect(spareVcpuCount()).to.equal(0);
+  });
+
+  it('starts no spare vCPU thread with spareVcpus: 0', async () => {
+    const inc = await IncomingMigration.listen({ listen: '127.0.0.1:0', spareVcpus: 0 });
+    const result = inc.accept();
+    expect(spareVcpuCount()).to.equal(0);
+    inc.close();
+    await result;
   });
 
   it('refuses a guest larger than maxRam before any page: ERROR to the source, failed report naming the limit', async () => {

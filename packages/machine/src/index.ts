@@ -26,3 +26,4 @@ export type { UnusedRange } from './unused.js';
 export { abSweep, abShare, verifyAb, AB_BLOCK, AB_PAGE, AB_DEFAULT_RAM, type AbConfig, type AbSlot } from './guests/ab.js';
 export { KV_BLOCK, KV_DEFAULT_RAM, type KvConfig, type KvSlot, type KvRequest, type KvReply } from './guests/kv.js';
 export { KvTable, kvHash, kvGeometry, KV_MAX_KEY } from './guests/kv-table.js';
+export { startSpareVcpus, dropSpareVcpus, spareVcpuCount } from './spare-vcpus.js';

@@ -1,11 +1,12 @@
 /**
- * vcpu-worker.ts — owns the body of a vCPU thread. Prepare: report the kernel tid, load the
- * guest module, build zero-copy views of the blocks (without touching RAM), then park on the
- * command word (HOLD) running no guest code. Release: read the start parameters (fresh flag,
- * device slot) synchronously from the device port, run the guest's init, acknowledge it on the
- * INIT word, then loop { check the command word; step }. On STOP it publishes its device slot
- * and parks on the command word (Atomics.wait) until RUN or EXIT. A guest exception escapes to
- * the Worker 'error' event, where the machine records it.
+ * vcpu-worker.ts — owns the body of a vCPU thread. Prepare (at once, or once a machine binds a
+ * spare thread): report the kernel tid, load the guest module, build zero-copy views of the
+ * blocks (without touching RAM), then park on the command word (HOLD) running no guest code.
+ * Release: read the start parameters (fresh flag, device slot) synchronously from the device
+ * port, run the guest's init, acknowledge it on the INIT word, then loop { check the command
+ * word; step }. On STOP it publishes its device slot and parks on the command word
+ * (Atomics.wait) until RUN or EXIT. A guest exception escapes to the Worker 'error' event,
+ * where the machine records it.
  */
 import { availableParallelism } from 'node:os';
 import { parentPort, receiveMessageOnPort, workerData, type TransferListItem } from 'node:worker_threads';
@@ -15,13 +16,20 @@ import { CMD, Cmd, ControlLine, DOORBELL, INIT, Init, PARKED_AT, STATE, State, S
 import type { VcpuContext } from './guest.js';
 import { viewBlocks } from './ram-block.js';
 import { loadGuestDefinition } from './resolve-guest.js';
+import type { SpareWorkerData } from './spare-vcpus.js';
 import type { VcpuStart, VcpuWorkerData } from './vcpu.js';
+
+function bound(): Promise<VcpuWorkerData> {
+  return new Promise((resolve) => parentPort!.once('message', (m: { type: 'bind'; data: VcpuWorkerData }) => resolve(m.data)));
+}
 
 /** Pause after init, before the first step (ms): see below. */
 const ACK_PAUSE_MS = 0.2;
 const pause = new Int32Array(new SharedArrayBuffer(4));
 
-const data = workerData as VcpuWorkerData;
+// A spare (spare-vcpus.ts) has booted and imported all of the above before any machine took
+// it; what it runs arrives now, in the one message the taker sends.
+const data = (workerData as SpareWorkerData | null)?.spare ? await bound() : (workerData as VcpuWorkerData);
 const line = new ControlLine(data.buffers, data.index);
 const tid = gettid();
 line.set(TID, tid);

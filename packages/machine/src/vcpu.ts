@@ -9,6 +9,7 @@
 import { MessageChannel, Worker, receiveMessageOnPort, type MessagePort, type TransferListItem } from 'node:worker_threads';
 import { Cmd, ControlLine, INIT, Init, PARKED_AT, State, STEPPING_SINCE, TID, CMD, STATE, type ControlBuffers } from './control.js';
 import type { BlockInfo } from './ram-block.js';
+import { takeSpareVcpu, VCPU_WORKER_URL } from './spare-vcpus.js';
 
 /** What a vCPU worker is spawned with (structured-cloned; ports transferred). */
 export interface VcpuWorkerData {
@@ -75,8 +76,9 @@ export class Vcpu {
   }
 
   /**
-   * Spawns the worker; resolves once it has imported the guest, built its views and parked
-   * before init (it runs no guest code and touches no guest RAM until `release`).
+   * Spawns the worker (or binds a spare one, see spare-vcpus.ts); resolves once it has imported
+   * the guest, built its views and parked before init (it runs no guest code and touches no
+   * guest RAM until `release`).
    */
   prepare(data: Omit<VcpuWorkerData, 'index' | 'buffers' | 'hostPort' | 'devicePort'>, buffers: ControlBuffers): Promise<void> {
     if (this.worker) throw new Error(`vCPU ${this.index} already spawned`);
@@ -90,10 +92,10 @@ export class Vcpu {
       hostPort: this.host.port2,
       devicePort: this.device.port2,
     };
-    const worker = new Worker(new URL('./vcpu-worker.js', import.meta.url), {
-      workerData,
-      transferList: [this.host.port2, this.device.port2],
-    });
+    const transferList = [this.host.port2, this.device.port2];
+    const spare = takeSpareVcpu();
+    const worker = spare ?? new Worker(VCPU_WORKER_URL, { workerData, transferList });
+    if (spare) spare.postMessage({ type: 'bind', data: workerData }, transferList);
     this.worker = worker;
     let reported = false;
     worker.on('error', (e: unknown) => {
