@@ -9,6 +9,7 @@
  * index, control buffers, guest, blocks, ports) arrives in one message: vcpu-worker.ts.
  */
 import { Worker } from 'node:worker_threads';
+import type { VcpuWorkerData } from './vcpu.js';
 
 /** The vCPU thread's module. */
 export const VCPU_WORKER_URL = new URL('./vcpu-worker.js', import.meta.url);
@@ -17,6 +18,12 @@ export const VCPU_WORKER_URL = new URL('./vcpu-worker.js', import.meta.url);
 export interface SpareWorkerData {
   spare: true;
 }
+
+/** The one message a spare gets: its vCPU (vcpu.ts), or to end. */
+export type SpareMessage = { type: 'bind'; data: VcpuWorkerData } | { type: 'exit' };
+
+/** How long a spare may take to end by itself before it is terminated. */
+const EXIT_GRACE_MS = 10_000;
 
 const spares: Worker[] = [];
 
@@ -59,7 +66,23 @@ export function takeSpareVcpu(): Worker | undefined {
   return w;
 }
 
-/** Ends every spare not taken. */
+/**
+ * Ends every spare not taken. Each is asked to exit, which it does once it has booted: a
+ * thread terminated while it loads a native addon (koffi) can abort the whole process.
+ */
 export async function dropSpareVcpus(): Promise<void> {
-  await Promise.all(spares.splice(0).map((w) => w.terminate()));
+  await Promise.all(
+    spares.splice(0).map(
+      (w) =>
+        new Promise<void>((resolve) => {
+          const grace = setTimeout(() => void w.terminate(), EXIT_GRACE_MS);
+          w.once('exit', () => {
+            clearTimeout(grace);
+            resolve();
+          });
+          const bye: SpareMessage = { type: 'exit' };
+          w.postMessage(bye);
+        }),
+    ),
+  );
 }

@@ -16,11 +16,17 @@ import { CMD, Cmd, ControlLine, DOORBELL, INIT, Init, PARKED_AT, STATE, State, S
 import type { VcpuContext } from './guest.js';
 import { viewBlocks } from './ram-block.js';
 import { loadGuestDefinition } from './resolve-guest.js';
-import type { SpareWorkerData } from './spare-vcpus.js';
+import type { SpareMessage, SpareWorkerData } from './spare-vcpus.js';
 import type { VcpuStart, VcpuWorkerData } from './vcpu.js';
 
+/** A spare's one message: what to run, or to end (no machine took it). */
 function bound(): Promise<VcpuWorkerData> {
-  return new Promise((resolve) => parentPort!.once('message', (m: { type: 'bind'; data: VcpuWorkerData }) => resolve(m.data)));
+  return new Promise((resolve) =>
+    parentPort!.once('message', (m: SpareMessage) => {
+      if (m.type === 'bind') resolve(m.data);
+      else process.exit(0);
+    }),
+  );
 }
 
 /** Pause after init, before the first step (ms): see below. */

@@ -9,7 +9,10 @@
 import { MessageChannel, Worker, receiveMessageOnPort, type MessagePort, type TransferListItem } from 'node:worker_threads';
 import { Cmd, ControlLine, INIT, Init, PARKED_AT, State, STEPPING_SINCE, TID, CMD, STATE, type ControlBuffers } from './control.js';
 import type { BlockInfo } from './ram-block.js';
-import { takeSpareVcpu, VCPU_WORKER_URL } from './spare-vcpus.js';
+import { takeSpareVcpu, VCPU_WORKER_URL, type SpareMessage } from './spare-vcpus.js';
+
+/** How long terminate() lets a booting worker finish before terminating it anyway. */
+const BOOT_GRACE_MS = 10_000;
 
 /** What a vCPU worker is spawned with (structured-cloned; ports transferred). */
 export interface VcpuWorkerData {
@@ -56,6 +59,8 @@ export class Vcpu {
   private exiting = false;
   private slot: unknown;
   private hasSlot = false;
+  /** Settles once the worker has booted (parked before init) or ended. */
+  private booted: Promise<void> = Promise.resolve();
   /** Settles with the error that ended the worker (or its unexpected exit). */
   private readonly death: Promise<VcpuError>;
   private die!: (err: VcpuError) => void;
@@ -95,7 +100,10 @@ export class Vcpu {
     const transferList = [this.host.port2, this.device.port2];
     const spare = takeSpareVcpu();
     const worker = spare ?? new Worker(VCPU_WORKER_URL, { workerData, transferList });
-    if (spare) spare.postMessage({ type: 'bind', data: workerData }, transferList);
+    if (spare) {
+      const bind: SpareMessage = { type: 'bind', data: workerData };
+      spare.postMessage(bind, transferList);
+    }
     this.worker = worker;
     let reported = false;
     worker.on('error', (e: unknown) => {
@@ -124,6 +132,7 @@ export class Vcpu {
         }
       });
     });
+    this.booted = Promise.race([prepared, this.death.then(() => undefined)]);
     return Promise.race([prepared, this.death.then((err) => Promise.reject(err))]);
   }
 
@@ -207,12 +216,19 @@ export class Vcpu {
     return this.line.steps();
   }
 
-  /** Ends the worker (asks it to exit, then terminates it) and closes the channels. */
+  /**
+   * Ends the worker (asks it to exit, then terminates it) and closes the channels. A worker
+   * still booting is given up to BOOT_GRACE_MS to finish (it then sees EXIT and ends by
+   * itself): one terminated while it loads a native addon (koffi) can abort the process.
+   */
   async terminate(): Promise<void> {
     this.exiting = true;
     if (this.worker && !this.exitedFlag) {
       this.line.set(CMD, Cmd.EXIT);
       this.line.ring();
+      let grace: NodeJS.Timeout | undefined;
+      await Promise.race([this.booted, new Promise<void>((r) => (grace = setTimeout(r, BOOT_GRACE_MS)))]);
+      clearTimeout(grace);
       await this.worker.terminate();
     }
     this.host.port1.close();
