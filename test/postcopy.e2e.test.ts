@@ -43,6 +43,22 @@ describe('postcopy migration between two processes', function () {
     expect(sr.downtimeAckedMs).to.be.at.least(sr.downtimeMs);
   });
 
+  it('without a preempt channel both ends bound the main channel\'s kernel queues in postcopy (default 1M: Linux keeps 2 MiB); --postcopy-queue 0 leaves them to the kernel', async () => {
+    const MiB = 1024 * 1024;
+    for (const [queue, want] of [[undefined, 2 * MiB], ['3M', 6 * MiB], ['0', undefined]] as const) {
+      const extra = queue === undefined ? [] : ['--postcopy-queue', queue];
+      const recv = migrate('recv', '--listen', '127.0.0.1:0', '--json', ...extra);
+      const addr = await recv.listening();
+      const send = migrate('send', '--to', addr, '--ram', '64M', '--vcpus', '1', '--migrate-after', '300', '--downtime-limit', '1', '--postcopy', '--postcopy-after', '100', '--json', ...extra);
+      const [s, r] = await Promise.all([send.done(), recv.done()]);
+      expect(s.code, send.stderr).to.equal(0);
+      expect(r.code, recv.stderr).to.equal(0);
+      expect(send.report().mode).to.equal('postcopy');
+      expect(send.report().postcopy.mainQueueBytes, `source, --postcopy-queue ${queue}`).to.equal(want);
+      expect(recv.report().postcopy.mainQueueBytes, `destination, --postcopy-queue ${queue}`).to.equal(want);
+    }
+  });
+
   it('the downtime the source reports agrees within 1 ms (or 5% of a long pause) with the pause read off the host clock both ends share (first vCPU parked → last vCPU stepping there)', async () => {
     const { report: sr, clockMs } = await tracedMigration(['--ram', '128M', '--vcpus', '1', '--migrate-after', '500', '--downtime-limit', '1', '--postcopy', '--postcopy-after', '200']);
     expect(sr.mode).to.equal('postcopy');

@@ -31,6 +31,7 @@ export interface RecvArgs {
   tlsAuthz?: string[];
   autoRecover: boolean;
   preemptRealtime: boolean;
+  postcopyQueue?: string;
 }
 
 export interface ReceiveResult {
@@ -49,6 +50,7 @@ export async function receiveOnce(a: {
   refuseFeature?: string;
   autoRecover?: boolean;
   preemptRealtime?: boolean;
+  postcopyQueue?: string;
   tls?: TlsCredentials;
   ctl?: DestControl;
 }): Promise<ReceiveResult> {
@@ -61,6 +63,7 @@ export async function receiveOnce(a: {
     refuseFeatures: a.refuseFeature ? a.refuseFeature.split(',').map((x) => x.trim()).filter(Boolean) : undefined,
     autoRecover: a.autoRecover ?? false,
     preemptRealtime: a.preemptRealtime ?? false,
+    ...(a.postcopyQueue !== undefined ? { postcopyQueueBytes: parseSize(a.postcopyQueue, '--postcopy-queue') } : {}),
     tls: a.tls,
     onProgress: (p) => {
       progress.dest(p);

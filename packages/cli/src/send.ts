@@ -11,7 +11,7 @@ import { tlsFromArgs } from './tls-args.js';
 import { startGuest } from './guest-setup.js';
 import { PauseNotice, ProgressLine } from './progress.js';
 import { printReport } from './report-output.js';
-import { parseRate } from './units.js';
+import { parseRate, parseSize } from './units.js';
 import { receiveOnce } from './recv.js';
 import { SourceControl } from './control-commands.js';
 
@@ -44,6 +44,7 @@ export interface SendArgs {
   autoRecover: boolean;
   recoverTimeout: number;
   maxPostcopyBandwidth: string;
+  postcopyQueue: string;
 }
 
 export async function runSend(a: SendArgs): Promise<number> {
@@ -125,6 +126,7 @@ export async function sendMachine(
     preemptRealtime?: boolean;
     autoRecover?: boolean;
     maxPostcopyBandwidth?: string;
+    postcopyQueue?: string;
     /** With autoRecover: seconds to keep trying. */
     recoverTimeout?: number;
     tls?: TlsCredentials;
@@ -151,6 +153,7 @@ export async function sendMachine(
     tls: a.tls,
     maxBandwidth: parseRate(a.maxBandwidth, '--max-bandwidth'),
     maxPostcopyBandwidth: parseRate(a.maxPostcopyBandwidth ?? '0', '--max-postcopy-bandwidth'),
+    ...(a.postcopyQueue !== undefined ? { postcopyQueueBytes: parseSize(a.postcopyQueue, '--postcopy-queue') } : {}),
     downtimeLimitMs: a.downtimeLimit,
     timeoutMs: a.timeout * 1000,
     onProgress: (p) => {

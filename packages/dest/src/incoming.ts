@@ -89,6 +89,13 @@ export interface IncomingOptions {
    */
   preemptRealtime?: boolean;
   /**
+   * Postcopy without a preempt channel: a requested page arrives behind whatever the main
+   * channel's kernel receive queue holds, which Linux grows to 11–32 MiB here (10–30 ms of
+   * pages). From LISTEN on the queue is bounded to this many bytes (the kernel keeps twice the
+   * figure); 0 leaves it to the kernel. Default 1 MiB.
+   */
+  postcopyQueueBytes?: number;
+  /**
    * Postcopy recovery: keep listening on this address after a channel fails in postcopy, so
    * the source can reconnect by itself (default false: `recover()` opens a listener).
    */
@@ -121,6 +128,8 @@ export interface IncomingResult {
   machine: DestMachine | null;
 }
 
+/** Default of IncomingOptions.postcopyQueueBytes. */
+const DEFAULT_POSTCOPY_QUEUE_BYTES = 1024 * 1024;
 /** vCPU threads started ahead by default (see IncomingOptions.spareVcpus). */
 const DEFAULT_SPARE_VCPUS = 2;
 
@@ -488,6 +497,7 @@ class IncomingSession {
       ch.send({ type: MsgType.RECV_BITMAP, block: b.name, pages: b.pages }, bitmap);
     }
     ch.send({ type: MsgType.RESUME_ACK });
+    this.boundMainQueue();
     this.state.to(DestState.RUNNING, 'RESUME');
     this.recoveries++;
     this.pausedMs += performance.now() - this.pausedAt;
@@ -832,6 +842,26 @@ class IncomingSession {
     const placer = this.placer!.placer;
     placer.postcopy = true;
     placer.onRequestedPlaced = (b, page) => this.onRequestedPlaced(b, page);
+    this.boundMainQueue();
+  }
+
+  /** The main channel's receive queue in postcopy, as bounded by boundMainQueue (bytes). */
+  private mainQueueBytes: number | undefined;
+
+  /**
+   * Postcopy without a preempt channel: requested pages share the main channel with the
+   * background stream, so its kernel receive queue is bounded (`postcopyQueueBytes`). A socket
+   * that refuses only costs latency: traced, not fatal.
+   */
+  private boundMainQueue(): void {
+    const bytes = this.opts.postcopyQueueBytes ?? DEFAULT_POSTCOPY_QUEUE_BYTES;
+    if (this.preemptWanted || bytes <= 0 || !this.ch) return;
+    try {
+      const r = this.ch.limitKernelQueues({ receiveBytes: bytes });
+      if (r) this.mainQueueBytes = r.receiveBytes;
+    } catch (e) {
+      trace('dest', `main channel queue left as it is: ${(e as Error).message}`);
+    }
   }
 
   /** Start the guest while pages are still missing; confirm so the source can measure downtime. */
@@ -887,6 +917,7 @@ class IncomingSession {
       ...(preempt
         ? { preempt: { requests: preempt.requests, pages: preempt.pages, bytes: preempt.bytes, ...(preempt.scheduling ? { scheduling: preempt.scheduling } : {}) } }
         : {}),
+      ...(this.mainQueueBytes !== undefined ? { mainQueueBytes: this.mainQueueBytes } : {}),
     };
     r.recoveries = this.recoveries;
     r.pausedMs = round1(this.pausedMs);

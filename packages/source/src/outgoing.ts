@@ -52,6 +52,13 @@ export interface OutgoingOptions {
    * are never limited.
    */
   maxPostcopyBandwidth?: number;
+  /**
+   * Postcopy without a preempt channel: a requested page leaves behind whatever the main
+   * channel's kernel send queue holds, which Linux grows to 4 MiB here (~3 ms of pages). During
+   * postcopy the queue is bounded to this many bytes (the kernel keeps twice the figure); 0
+   * leaves it to the kernel. Default 1 MiB.
+   */
+  postcopyQueueBytes?: number;
   /** Largest acceptable stop-and-copy time in ms (default 300, like QEMU). */
   downtimeLimitMs?: number;
   /** Fail (guest runs on) when not completed after this many ms; 0 = never (default). */
@@ -142,6 +149,8 @@ export interface BlockState extends SendBlock {
 }
 
 const ACK_TIMEOUT_MS = 30_000;
+/** Default of OutgoingOptions.postcopyQueueBytes. */
+const DEFAULT_POSTCOPY_QUEUE_BYTES = 1024 * 1024;
 /** Pages that may hold data in one precopy batch (4 MiB of 4 KiB pages). */
 const PRECOPY_BATCH = 1024;
 /**
@@ -516,6 +525,7 @@ export class OutgoingMigration {
         }
         // Made after RUN left, not in the downtime: the first request can only come later.
         this.server = new PostcopyServer(ch, sender, blocks, this.preempt, (e) => this.onLinkLost(null, e));
+        this.boundMainQueue(ch);
         this.pointOfNoReturn = true; // from RUN on, the guest lives on the destination
         report.discard = earlyDiscard ? addDiscards(earlyDiscard, late) : late;
         trace('source', `discards (${report.discard.ranges} ranges), device state, LISTEN and RUN sent`);
@@ -571,6 +581,7 @@ export class OutgoingMigration {
           ...(this.preempt
             ? { preempt: { requests: st.urgentRequests, pages: st.urgentPages, bytes: st.urgentBytes, ...(this.preempt.scheduling ? { scheduling: this.preempt.scheduling } : {}) } }
             : {}),
+          ...(this.mainQueueBytes !== undefined ? { mainQueueBytes: this.mainQueueBytes } : {}),
         };
         report.ram.postcopyBytes = sender.stats.dataBytes - precopyBytes;
         report.recoveries = this.recoveries;
@@ -766,6 +777,25 @@ export class OutgoingMigration {
   }
 
   /** Makes `ch` the main channel: return-path frames, loss handling, keepalive. */
+  /** The main channel's send queue in postcopy, as bounded by boundMainQueue (bytes). */
+  private mainQueueBytes: number | undefined;
+
+  /**
+   * Postcopy without a preempt channel: requested pages share the main channel with the
+   * background stream, so its kernel send queue is bounded (`postcopyQueueBytes`). A socket
+   * that refuses only costs latency: traced, not fatal.
+   */
+  private boundMainQueue(ch: Channel): void {
+    const bytes = this.opts.postcopyQueueBytes ?? DEFAULT_POSTCOPY_QUEUE_BYTES;
+    if (this.preempt || bytes <= 0) return;
+    try {
+      const r = ch.limitKernelQueues({ sendBytes: bytes });
+      if (r) this.mainQueueBytes = r.sendBytes;
+    } catch (e) {
+      trace('source', `main channel queue left as it is: ${(e as Error).message}`);
+    }
+  }
+
   private useMainChannel(ch: Channel): void {
     ch.setHandler((f) => this.onReturnFrame(f));
     void ch.whenClosed().then((err) => {
@@ -849,6 +879,7 @@ export class OutgoingMigration {
       ch = await connectChannel({ ...this.channelOptions(), endpoint, role: 'main', uuid: this.uuid, timeoutMs: 5000 });
       this.ch = ch;
       this.useMainChannel(ch);
+      this.boundMainQueue(ch);
       this.bitmaps.clear();
       const ack = reply(this.waiters, MsgType.RESUME_ACK, 'RESUME', 10_000);
       ch.send({ type: MsgType.RESUME });

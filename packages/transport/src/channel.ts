@@ -21,6 +21,7 @@ import {
   ReadRing,
   type ReadRingOptions,
 } from '@livemig/protocol';
+import { SOL_SOCKET, SO_RCVBUF, SO_SNDBUF, getSocketInt, setSocketInt } from '@livemig/uffd';
 import { moveToReadRing } from './ring-socket.js';
 
 export type FrameHandler = (frame: Frame) => void | Promise<void>;
@@ -113,6 +114,22 @@ export class Channel {
   /** The error that closed the channel, if any. */
   get error(): Error | null {
     return this.closedError;
+  }
+
+  /**
+   * Bounds the kernel's queues of this connection (SO_SNDBUF, SO_RCVBUF): Linux then stops
+   * growing them by itself and keeps twice the figure (half for its own bookkeeping). For a
+   * connection that carries bulk data and urgent messages alike (postcopy without a preempt
+   * channel): a message waits behind at most what these queues hold. Returns the sizes the
+   * kernel reports afterwards, or null when the socket has no descriptor to set them on.
+   */
+  limitKernelQueues(opts: { sendBytes?: number; receiveBytes?: number }): { sendBytes: number; receiveBytes: number } | null {
+    const fd = socketFd(this.socket);
+    if (fd === null) return null;
+    const what = `${this.info.label} socket`;
+    if (opts.sendBytes !== undefined) setSocketInt(fd, SOL_SOCKET, SO_SNDBUF, opts.sendBytes, what);
+    if (opts.receiveBytes !== undefined) setSocketInt(fd, SOL_SOCKET, SO_RCVBUF, opts.receiveBytes, what);
+    return { sendBytes: getSocketInt(fd, SOL_SOCKET, SO_SNDBUF, what), receiveBytes: getSocketInt(fd, SOL_SOCKET, SO_RCVBUF, what) };
   }
 
   /** True while the socket's write buffer is over its high-water mark. */
@@ -323,4 +340,17 @@ function asError(e: unknown): Error {
 
 function truncate(s: string, n: number): string {
   return s.length <= n ? s : `${s.slice(0, n - 1)}…`;
+}
+
+/**
+ * The descriptor under a socket: a plain one's handle, or for TLS the TCP handle (or socket)
+ * it wraps. null when there is none (closed, or a stream that is not a socket).
+ */
+function socketFd(socket: Socket): number | null {
+  type WithFd = { fd?: number; _handle?: { fd?: number } | null };
+  const s = socket as unknown as { _handle?: { fd?: number } | null; _parent?: WithFd | null };
+  for (const fd of [s._handle?.fd, s._parent?.fd, s._parent?._handle?.fd]) {
+    if (typeof fd === 'number' && fd >= 0) return fd;
+  }
+  return null;
 }

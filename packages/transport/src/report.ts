@@ -64,6 +64,13 @@ export interface PostcopyReport {
   guestProgress?: number;
   /** The preempt channel, when it was used: what it carried. */
   preempt?: PreemptReport;
+  /**
+   * Without a preempt channel: the size of this end's kernel queue on the main channel while
+   * requested pages shared it with the background stream (the source's send queue, the
+   * destination's receive queue; bytes, as the kernel reports them). Absent when left to the
+   * kernel's own sizing.
+   */
+  mainQueueBytes?: number;
 }
 
 export interface PreemptReport {

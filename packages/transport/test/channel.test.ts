@@ -465,6 +465,18 @@ describe('Channel', function () {
     expect(got[1]!.bytes.equals(want[1]!)).to.equal(true);
   });
 
+  it('limitKernelQueues sets both kernel queues (Linux keeps twice the figure), and frames still flow', async () => {
+    const { main, ret } = await pair();
+    expect(main.limitKernelQueues({ sendBytes: 1024 * 1024 })).to.include({ sendBytes: 2 * 1024 * 1024 });
+    // The accepting side reads on a duplicated descriptor (the ring socket): the same connection.
+    expect(ret.limitKernelQueues({ receiveBytes: 1024 * 1024 })).to.include({ receiveBytes: 2 * 1024 * 1024 });
+    const got = collect(ret);
+    const big = pattern(12 * 1024 * 1024, 7);
+    main.send({ type: MsgType.PAGE_RUN, block: 'ram0', pageSize: 4096, offset: 0, count: big.length / 4096 }, big);
+    await until(() => got.length === 1, 5000, 'the frame');
+    expect(got[0]!.bytes.equals(big)).to.equal(true);
+  });
+
   it('send() after close throws instead of writing', async () => {
     const { main } = await pair();
     main.close();

@@ -317,6 +317,13 @@ describe('TLS (certificates made once for this file)', function () {
       expect(sha(got[1]!.bytes)).to.equal(sha(run));
     });
 
+    it('x509: limitKernelQueues reaches the TCP socket under TLS on both sides', async () => {
+      const { main, ret } = await x509Pair();
+      expect(main.limitKernelQueues({ sendBytes: 1024 * 1024 })).to.include({ sendBytes: 2 * 1024 * 1024 });
+      expect(ret.limitKernelQueues({ receiveBytes: 1024 * 1024 })).to.include({ receiveBytes: 2 * 1024 * 1024 });
+      await exchange(main, ret);
+    });
+
     it('x509 by host name: the name dialled (localhost) is checked against the SANs', async () => {
       const { port, nextSocket } = await listen('localhost');
       const r = await Promise.all([

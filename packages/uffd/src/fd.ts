@@ -34,3 +34,32 @@ export function dupFd(fd: number, object?: string): number {
   if (d < 0) throw new SyscallError('fcntl(F_DUPFD_CLOEXEC)', errno(), object ?? `fd ${fd}`);
   return d;
 }
+
+/** Socket option levels and names used with `setSocketInt` / `getSocketInt` (Linux). */
+export const SOL_SOCKET = 1;
+export const SO_SNDBUF = 7;
+export const SO_RCVBUF = 8;
+export const IPPROTO_TCP = 6;
+export const TCP_NOTSENT_LOWAT = 25;
+
+const OPTION_NAMES: Record<string, string> = {
+  [`${SOL_SOCKET}:${SO_SNDBUF}`]: 'SO_SNDBUF',
+  [`${SOL_SOCKET}:${SO_RCVBUF}`]: 'SO_RCVBUF',
+  [`${IPPROTO_TCP}:${TCP_NOTSENT_LOWAT}`]: 'TCP_NOTSENT_LOWAT',
+};
+const optionName = (level: number, name: number): string => OPTION_NAMES[`${level}:${name}`] ?? `${level}, ${name}`;
+
+/** setsockopt(fd, level, name, &int) on a socket descriptor. */
+export function setSocketInt(fd: number, level: number, name: number, value: number, object?: string): void {
+  const v = Buffer.alloc(4);
+  v.writeInt32LE(value, 0);
+  if (c.setsockopt(fd, level, name, v, 4) !== 0) throw new SyscallError(`setsockopt(${optionName(level, name)})`, errno(), object ?? `fd ${fd}`);
+}
+
+/** getsockopt(fd, level, name) of an int option. */
+export function getSocketInt(fd: number, level: number, name: number, object?: string): number {
+  const v = Buffer.alloc(4);
+  const len = [4];
+  if (c.getsockopt(fd, level, name, v, len) !== 0) throw new SyscallError(`getsockopt(${optionName(level, name)})`, errno(), object ?? `fd ${fd}`);
+  return v.readInt32LE(0);
+}

@@ -40,6 +40,8 @@ export const c = {
   eventfd: lib.func('int eventfd(unsigned int initval, int flags)') as (init: number, flags: number) => number,
   poll: lib.func('int poll(void *fds, unsigned long nfds, int timeout)') as (fds: Buffer, nfds: number, timeout: number) => number,
   gettid: lib.func('int gettid()') as () => number,
+  setsockopt: lib.func('int setsockopt(int fd, int level, int name, void *val, unsigned int len)') as (fd: number, level: number, name: number, val: Buffer, len: number) => number,
+  getsockopt: lib.func('int getsockopt(int fd, int level, int name, void *val, _Inout_ unsigned int *len)') as (fd: number, level: number, name: number, val: Buffer, len: number[]) => number,
   memcpyFromBuf: lib.func('intptr_t memcpy(intptr_t dst, void *src, size_t n)') as (dst: number, src: Buffer, n: number) => number,
   memcpyToBuf: lib.func('intptr_t memcpy(void *dst, intptr_t src, size_t n)') as (dst: Buffer, src: number, n: number) => number,
 };
