@@ -776,7 +776,6 @@ export class OutgoingMigration {
     return this.opts.tls ? { tls: this.opts.tls } : {};
   }
 
-  /** Makes `ch` the main channel: return-path frames, loss handling, keepalive. */
   /** The main channel's send queue in postcopy, as bounded by boundMainQueue (bytes). */
   private mainQueueBytes: number | undefined;
 
@@ -796,6 +795,7 @@ export class OutgoingMigration {
     }
   }
 
+  /** Makes `ch` the main channel: return-path frames, loss handling, keepalive. */
   private useMainChannel(ch: Channel): void {
     ch.setHandler((f) => this.onReturnFrame(f));
     void ch.whenClosed().then((err) => {
