@@ -128,6 +128,14 @@ export interface IncomingResult {
   machine: DestMachine | null;
 }
 
+/**
+ * This process's monotonic clock (performance.now(), or the given reading of it) in whole µs:
+ * what PONG.clockUs and the guest's start time carry to the source (see PongMessage).
+ */
+function clockUs(at = performance.now()): number {
+  return Math.round(at * 1000);
+}
+
 /** Default of IncomingOptions.postcopyQueueBytes. */
 const DEFAULT_POSTCOPY_QUEUE_BYTES = 1024 * 1024;
 /** vCPU threads started ahead by default (see IncomingOptions.spareVcpus). */
@@ -690,7 +698,7 @@ class IncomingSession {
         return;
       case MsgType.PING:
         if (m.ready && this.preparing) return this.pongWhenPrepared(m.id);
-        this.ch!.send({ type: MsgType.PONG, id: m.id });
+        this.ch!.send({ type: MsgType.PONG, id: m.id, clockUs: clockUs() });
         return;
       case MsgType.PONG:
         return;
@@ -883,7 +891,7 @@ class IncomingSession {
     this.report.mode = 'postcopy';
     // The pause as timed here (from STOPPED, or RUN, to the vCPUs stepping): with half a round
     // trip, the source works out the guest's pause without the way back of this acknowledgement.
-    this.ch!.send({ type: MsgType.ACK, of: MsgType.RUN, info: { startedAfterUs: Math.round((this.runAt - this.pausedFrom) * 1000) } });
+    this.ch!.send({ type: MsgType.ACK, of: MsgType.RUN, info: { startedAfterUs: Math.round((this.runAt - this.pausedFrom) * 1000), startedAtUs: clockUs(this.runAt) } });
     this.progress();
   }
 
@@ -1000,7 +1008,7 @@ class IncomingSession {
    */
   private async pongWhenPrepared(id: number): Promise<void> {
     await this.preparing!.catch(() => undefined);
-    this.ch?.send({ type: MsgType.PONG, id });
+    this.ch?.send({ type: MsgType.PONG, id, clockUs: clockUs() });
   }
 
   private mapBlock(name: string, length: number, pageSize: number): Mapping {
@@ -1047,7 +1055,7 @@ class IncomingSession {
     trace('dest', 'guest started', startedAt);
     this.state.to(DestState.COMPLETED, 'start');
     // With its time from STOPPED (or COMPLETE) to the vCPUs stepping, for the source's downtime figure.
-    this.ch!.send({ type: MsgType.SHUT, status: 'ok', startedAfterUs: Math.min(0xffffffff, Math.round((startedAt - this.pausedFrom) * 1000)) });
+    this.ch!.send({ type: MsgType.SHUT, status: 'ok', startedAfterUs: Math.min(0xffffffff, Math.round((startedAt - this.pausedFrom) * 1000)), startedAtUs: clockUs(startedAt) });
     await this.ch!.flushed().catch(() => undefined);
     this.finishReport(startedAt, startedAt - this.pausedFrom);
     this.done({ report: this.report, machine: this.machine });

@@ -315,11 +315,16 @@ describe('IncomingMigration', function () {
     expect(openKernelObjects()).to.deep.equal(before);
   });
 
-  it('answers PING with PONG of the same id', async () => {
+  it('answers PING with PONG of the same id, carrying its clock (µs) at the answer', async () => {
     const { src } = await session();
     await setupAccepted(src);
+    const sentAt = performance.now();
     src.ch.send({ type: MsgType.PING, id: 4242 });
-    expect(await src.next(MsgType.PONG)).to.deep.equal({ type: MsgType.PONG, id: 4242 });
+    const pong = (await src.next(MsgType.PONG)) as { type: number; id: number; clockUs: number };
+    const gotAt = performance.now();
+    expect(pong).to.include({ type: MsgType.PONG, id: 4242 });
+    // The destination runs in this process here: the same clock.
+    expect(pong.clockUs / 1000).to.be.within(sentAt, gotAt);
   });
 
   describe('a PING with ready (the source stops its guest once it is answered)', () => {
@@ -352,7 +357,7 @@ describe('IncomingMigration', function () {
       await sleep(300);
       expect(src.got.filter((m) => m.type === MsgType.PONG), 'PONG before the vCPUs were prepared').to.deep.equal([]);
       held.release();
-      expect(await src.next(MsgType.PONG)).to.deep.equal({ type: MsgType.PONG, id: 7 });
+      expect(await src.next(MsgType.PONG)).to.include({ type: MsgType.PONG, id: 7 });
       expect(held.prepared()).to.equal(true);
     });
 
@@ -361,7 +366,7 @@ describe('IncomingMigration', function () {
       const { src } = await session({ machineFactory: held.factory });
       await setupAccepted(src);
       src.ch.send({ type: MsgType.PING, id: 8 });
-      expect(await src.next(MsgType.PONG, 1000)).to.deep.equal({ type: MsgType.PONG, id: 8 });
+      expect(await src.next(MsgType.PONG, 1000)).to.include({ type: MsgType.PONG, id: 8 });
       expect(held.prepared()).to.equal(false);
       held.release();
     });
@@ -432,6 +437,8 @@ describe('IncomingMigration', function () {
       expect(shut).to.include({ type: MsgType.SHUT, status: 'ok' });
       // Its time from COMPLETE to running vCPUs, for the source's downtime figure.
       expect((shut as { startedAfterUs?: number }).startedAfterUs).to.be.a('number').and.to.be.at.least(0);
+      // And when its vCPUs ran, in its clock (this process's here): before SHUT arrived.
+      expect((shut as { startedAtUs?: number }).startedAtUs! / 1000).to.be.within(0, performance.now());
       expect(src.got.map((m) => m.type)).to.deep.equal([MsgType.ACK, MsgType.SHUT]);
       const { report, machine } = await result;
       expect(report.status, report.error).to.equal('completed');

@@ -190,6 +190,12 @@ export interface PingMessage {
 export interface PongMessage {
   type: typeof MsgType.PONG;
   id: number;
+  /**
+   * The answering end's monotonic clock when it answered, µs (its own origin): with the
+   * times the PING left and the PONG came back, the other end estimates the offset between
+   * the two clocks (as NTP does) and reads the answerer's later time stamps in its own clock.
+   */
+  clockUs?: number;
 }
 /** Destination accepted a command (SETUP, ADVISE, …). */
 export interface AckMessage {
@@ -210,6 +216,8 @@ export interface ShutMessage {
   reason?: string;
   /** Precopy completion: µs from COMPLETE's arrival to running vCPUs (the source's downtime figure). */
   startedAfterUs?: number;
+  /** Precopy completion: when the vCPUs ran, in the destination's clock (as PONG.clockUs), µs. */
+  startedAtUs?: number;
 }
 /** Received-pages bitmap of a block (recovery); payload = ceil(pages/8) bytes, LSB-first. */
 export interface RecvBitmapMessage {

@@ -224,6 +224,7 @@ export function validateMessage(msg: Message, payloadLength: number): void {
       break;
     case MsgType.PONG:
       uint(m['id'], f('id'), U32);
+      if (m['clockUs'] !== undefined) uint(m['clockUs'], f('clockUs'), Number.MAX_SAFE_INTEGER);
       break;
     case MsgType.ACK: {
       const of = m['of'];
@@ -244,6 +245,7 @@ export function validateMessage(msg: Message, payloadLength: number): void {
       if (s !== 'ok' && s !== 'failed') fail('MALFORMED', `${name}.status: expected "ok" or "failed", got ${describe(s)}`);
       if (m['reason'] !== undefined) str(m['reason'], f('reason'), MAX_REASON_CHARS);
       if (m['startedAfterUs'] !== undefined) uint(m['startedAfterUs'], f('startedAfterUs'), U32);
+      if (m['startedAtUs'] !== undefined) uint(m['startedAtUs'], f('startedAtUs'), Number.MAX_SAFE_INTEGER);
       break;
     }
     case MsgType.RECV_BITMAP:

@@ -12,10 +12,10 @@
  *   ROUND             r: round, d: dirtyBytes
  *   ADVISE            p: pageSizes[]
  *   DISCARD           b, r: [[start, length]…]
- *   PING / PONG       i: id; PING y?: ready
+ *   PING / PONG       i: id; PING y?: ready; PONG c?: clockUs
  *   ACK               o: of, i?: info
  *   REQ_PAGES         b, o: offset, l: length
- *   SHUT              s: status, r?: reason, u?: startedAfterUs
+ *   SHUT              s: status, r?: reason, u?: startedAfterUs, a?: startedAtUs
  *   RECV_BITMAP       b, n: pages
  *   ERROR             r: reason, c?: code
  *   DEVICE LISTEN RUN END COMPLETE STOPPED RESUME RESUME_ACK: t only
@@ -40,10 +40,10 @@ const KEYS: Record<number, [string[], string[]]> = {
   [MsgType.END]: [[], []],
   [MsgType.COMPLETE]: [[], []],
   [MsgType.PING]: [['i'], ['y']],
-  [MsgType.PONG]: [['i'], []],
+  [MsgType.PONG]: [['i'], ['c']],
   [MsgType.ACK]: [['o'], ['i']],
   [MsgType.REQ_PAGES]: [['b', 'o', 'l'], []],
-  [MsgType.SHUT]: [['s'], ['r', 'u']],
+  [MsgType.SHUT]: [['s'], ['r', 'u', 'a']],
   [MsgType.RECV_BITMAP]: [['b', 'n'], []],
   [MsgType.RESUME]: [[], []],
   [MsgType.RESUME_ACK]: [[], []],
@@ -77,7 +77,7 @@ export function toWire(msg: Message): WireHeader {
     case MsgType.PING:
       return msg.ready === undefined ? { t: msg.type, i: msg.id } : { t: msg.type, i: msg.id, y: msg.ready };
     case MsgType.PONG:
-      return { t: msg.type, i: msg.id };
+      return msg.clockUs === undefined ? { t: msg.type, i: msg.id } : { t: msg.type, i: msg.id, c: msg.clockUs };
     case MsgType.ACK:
       return msg.info === undefined ? { t: msg.type, o: msg.of } : { t: msg.type, o: msg.of, i: msg.info };
     case MsgType.REQ_PAGES:
@@ -88,6 +88,7 @@ export function toWire(msg: Message): WireHeader {
         s: msg.status,
         ...(msg.reason === undefined ? {} : { r: msg.reason }),
         ...(msg.startedAfterUs === undefined ? {} : { u: msg.startedAfterUs }),
+        ...(msg.startedAtUs === undefined ? {} : { a: msg.startedAtUs }),
       };
     case MsgType.RECV_BITMAP:
       return { t: msg.type, b: msg.block, n: msg.pages };
@@ -147,13 +148,13 @@ export function fromWire(h: unknown): Message {
     case MsgType.PING:
       return ('y' in w ? { type: t, id: w['i'], ready: w['y'] } : { type: t, id: w['i'] }) as Message;
     case MsgType.PONG:
-      return { type: t, id: w['i'] } as Message;
+      return ('c' in w ? { type: t, id: w['i'], clockUs: w['c'] } : { type: t, id: w['i'] }) as Message;
     case MsgType.ACK:
       return ('i' in w ? { type: t, of: w['o'], info: w['i'] } : { type: t, of: w['o'] }) as Message;
     case MsgType.REQ_PAGES:
       return { type: t, block: w['b'], offset: w['o'], length: w['l'] } as Message;
     case MsgType.SHUT:
-      return { type: t, status: w['s'], ...('r' in w ? { reason: w['r'] } : {}), ...('u' in w ? { startedAfterUs: w['u'] } : {}) } as Message;
+      return { type: t, status: w['s'], ...('r' in w ? { reason: w['r'] } : {}), ...('u' in w ? { startedAfterUs: w['u'] } : {}), ...('a' in w ? { startedAtUs: w['a'] } : {}) } as Message;
     case MsgType.RECV_BITMAP:
       return { type: t, block: w['b'], pages: w['n'] } as Message;
     case MsgType.ERROR:

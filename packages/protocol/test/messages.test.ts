@@ -49,6 +49,16 @@ describe('messages', () => {
     }
   });
 
+  it('PONG carries the answering end\'s clock (clockUs) and SHUT the destination\'s start in that clock (startedAtUs)', () => {
+    for (const msg of [
+      { type: MsgType.PONG, id: 3, clockUs: 29_761_819_665_123 },
+      { type: MsgType.PONG, id: 4 },
+      { type: MsgType.SHUT, status: 'ok', startedAfterUs: 1234, startedAtUs: 29_761_820_000_001 },
+    ] as const) {
+      expect(decodeOne(Buffer.concat(encodeFrame(msg))).msg).to.deep.equal(msg);
+    }
+  });
+
   it('msgTypeName names known and unknown types', () => {
     expect(msgTypeName(MsgType.REQ_PAGES)).to.equal('REQ_PAGES');
     expect(msgTypeName(99)).to.equal('type 99');

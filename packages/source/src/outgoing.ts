@@ -493,7 +493,7 @@ export class OutgoingMigration {
         }
         const ackedAt = performance.now();
         report.downtimeAckedMs = round1(ackedAt - pausedAt);
-        report.downtimeMs = round1(guestPauseMs(pausedAt, markAt, ackedAt, rttMs, shut.msg.startedAfterUs));
+        report.downtimeMs = round1(guestPauseMs({ pausedAt, markAt, ackedAt, rttMs, startedAfterUs: shut.msg.startedAfterUs, startedAtUs: shut.msg.startedAtUs, destClock: this.destClock }));
         precopyBytes = sender.stats.dataBytes;
       } else {
         // --- postcopy switchover, in QEMU's order
@@ -530,9 +530,12 @@ export class OutgoingMigration {
         report.discard = earlyDiscard ? addDiscards(earlyDiscard, late) : late;
         trace('source', `discards (${report.discard.ranges} ranges), device state, LISTEN and RUN sent`);
         let startedAfterUs: unknown;
+        let startedAtUs: unknown;
         try {
           const ack = await this.expect(MsgType.RUN);
-          startedAfterUs = (ack.msg as { info?: { startedAfterUs?: unknown } }).info?.startedAfterUs;
+          const info = (ack.msg as { info?: { startedAfterUs?: unknown; startedAtUs?: unknown } }).info;
+          startedAfterUs = info?.startedAfterUs;
+          startedAtUs = info?.startedAtUs;
         } catch (e) {
           // The link broke before RUN's acknowledgement: the migration pauses (and recovers
           // later, if the destination got RUN); the downtime figure then ends here.
@@ -543,7 +546,7 @@ export class OutgoingMigration {
         const ackedAt = performance.now();
         report.downtimeAckedMs = round1(ackedAt - pausedAt);
         // A link lost before the acknowledgement leaves no start time: the figure ends here.
-        report.downtimeMs = round1(guestPauseMs(pausedAt, markAt, ackedAt, rttMs, startedAfterUs));
+        report.downtimeMs = round1(guestPauseMs({ pausedAt, markAt, ackedAt, rttMs, startedAfterUs, startedAtUs, destClock: this.destClock }));
         // Dirty tracking stays armed until postcopy is over (nothing writes: the guest is
         // stopped here). Ending it means write-unprotecting all of RAM, which holds this thread
         // 150–220 ms for 1 GiB on this VM: the destination's first page requests, which come
@@ -732,9 +735,27 @@ export class OutgoingMigration {
     this.checkAbort();
     const id = ++this.pingId;
     const pong = reply(this.pongWaiters, id, 'PING');
+    const sentAt = performance.now();
     this.ch!.send(opts.ready ? { type: MsgType.PING, id, ready: true } : { type: MsgType.PING, id });
-    await this.race(pong);
+    const f = await this.race(pong);
+    const clockUs = (f.msg as { clockUs?: number }).clockUs;
+    const readAt = this.pongReadAt.get(id) ?? performance.now();
+    this.pongReadAt.delete(id);
+    if (typeof clockUs === 'number' && readAt >= sentAt) {
+      // The answer was made halfway through the round trip, as far as this end can tell; the
+      // shortest round trip bounds that guess best.
+      const rttMs = readAt - sentAt;
+      if (!this.destClock || rttMs < this.destClock.rttMs) this.destClock = { rttMs, offsetMs: clockUs / 1000 - (sentAt + readAt) / 2 };
+    }
   }
+
+  /** When the read that brought each awaited PONG happened (this clock), by PING id. */
+  private readonly pongReadAt = new Map<number, number>();
+  /**
+   * The destination's clock minus this one (ms), from the PONG with the shortest round trip
+   * (its error is at most half that round trip): reads the destination's time stamps here.
+   */
+  private destClock: { rttMs: number; offsetMs: number } | null = null;
 
   /** Starts the preempt thread; its reports reach the postcopy server and the link handling. */
   private startPreemptThread(): PreemptThread {
@@ -991,6 +1012,7 @@ export class OutgoingMigration {
         this.ch?.send({ type: MsgType.PONG, id: m.id });
         return;
       case MsgType.PONG:
+        if (this.pongWaiters.has(m.id)) this.pongReadAt.set(m.id, this.ch?.lastReadAt || performance.now());
         answer(this.pongWaiters, m.id, f);
         return;
       default:
@@ -1088,17 +1110,34 @@ function addDiscards(a: DiscardCounts, b: DiscardCounts): DiscardCounts {
 
 /**
  * The guest's pause, from `pausedAt` (its first vCPU parked here, as the vCPU stamped it) to
- * its last vCPU's first step on the destination: until STOPPED left at `markAt` (once the
- * vCPUs were parked, on an idle link), plus its one-way trip
- * (half the round trip `rttMs` measured just before the stop), plus the destination's own
- * time, in its own clock, from reading STOPPED to its vCPUs stepping, which it sends back:
- * everything after STOPPED (the last pages, discards, device state, however long they sit in
- * socket buffers) is in that time. The confirmation's way back (it arrived at `ackedAt`) is not downtime.
- * Without the destination's time (a lost link) the pause runs to `ackedAt`, and it never runs
- * past it.
+ * its last vCPU's first step on the destination, which the destination stamps in its own clock
+ * (`startedAtUs`): read here through `destClock`, the offset between the clocks that the PONG
+ * with the shortest round trip gave (off by at most half that round trip). That counts
+ * whatever held STOPPED or the last pages up on the way (a sleeping CPU on a busy host can take
+ * milliseconds to wake), which no estimate of the one-way time sees.
+ *
+ * It never runs past `ackedAt` (the confirmation came back then), nor below the time until
+ * STOPPED left at `markAt` plus the destination's own time from reading STOPPED to its vCPUs
+ * stepping (`startedAfterUs`): STOPPED cannot arrive before it left. Without the clocks (a
+ * destination that sends none) the one-way time of STOPPED counts as half the round trip
+ * `rttMs` measured just before the stop; without the destination's times at all (a lost link)
+ * the pause runs to `ackedAt`.
  */
-function guestPauseMs(pausedAt: number, markAt: number, ackedAt: number, rttMs: number, startedAfterUs: unknown): number {
-  const untilAck = ackedAt - pausedAt;
-  if (typeof startedAfterUs !== 'number' || !(startedAfterUs >= 0)) return untilAck;
-  return Math.min(untilAck, markAt - pausedAt + rttMs / 2 + startedAfterUs / 1000);
+function guestPauseMs(t: {
+  pausedAt: number;
+  markAt: number;
+  ackedAt: number;
+  rttMs: number;
+  startedAfterUs: unknown;
+  startedAtUs: unknown;
+  destClock: { rttMs: number; offsetMs: number } | null;
+}): number {
+  const untilAck = t.ackedAt - t.pausedAt;
+  if (typeof t.startedAfterUs !== 'number' || !(t.startedAfterUs >= 0)) return untilAck;
+  const atLeast = t.markAt - t.pausedAt + t.startedAfterUs / 1000;
+  const estimate =
+    t.destClock && typeof t.startedAtUs === 'number'
+      ? t.startedAtUs / 1000 - t.destClock.offsetMs - t.pausedAt
+      : atLeast + t.rttMs / 2;
+  return Math.min(untilAck, Math.max(atLeast, estimate));
 }
