@@ -149,6 +149,8 @@ export interface BlockState extends SendBlock {
 }
 
 const ACK_TIMEOUT_MS = 30_000;
+/** Round trips just before the stop, for the offset between the two ends' clocks. */
+const CLOCK_PINGS = 3;
 /** Default of OutgoingOptions.postcopyQueueBytes. */
 const DEFAULT_POSTCOPY_QUEUE_BYTES = 1024 * 1024;
 /** Pages that may hold data in one precopy batch (4 MiB of 4 KiB pages). */
@@ -455,11 +457,16 @@ export class OutgoingMigration {
         await this.roundTrip();
         trace('source', `second early discard: ${second.pages} pages`);
       }
-      // One more round trip, over an idle link now, for the one-way time of STOPPED (half of
-      // it) in the downtime figure. Nothing is sent after it until STOPPED: the link stays idle.
-      const rttStart = performance.now();
-      await this.roundTrip();
-      const rttMs = performance.now() - rttStart;
+      // A few more round trips over the idle link, for the downtime figure: the offset between
+      // the two ends' clocks (the PONG with the shortest round trip gives it best; a waking
+      // thread at either end skews one sample by its wake-up time) and, for a destination that
+      // sends no clock, the shortest round trip. Nothing is sent after them until STOPPED.
+      let rttMs = Infinity;
+      for (let i = 0; i < CLOCK_PINGS; i++) {
+        const rttStart = performance.now();
+        await this.roundTrip();
+        rttMs = Math.min(rttMs, performance.now() - rttStart);
+      }
       if (!goPostcopy) {
         // --- stop and copy
         this.setPhase('stop-and-copy');
