@@ -5,7 +5,7 @@
 import { expect } from 'chai';
 import net from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { encodeHello, newMigrationId } from '@livemig/protocol';
+import { PROTOCOL_VERSION, encodeHello, newMigrationId } from '@livemig/protocol';
 import { freePort, migrate, tracedMigration, waitHttp } from './support/procs.js';
 
 describe('precopy migration between two processes', function () {
@@ -111,9 +111,9 @@ describe('precopy migration between two processes', function () {
     expect(r.code).to.equal(1);
     expect(recv.stderr).to.match(/unsupported protocol version 99/);
     expect(recv.stderr).to.not.match(/\n\s+at /);
-    // The dialler got the destination's hello (version 1) and an ERROR frame naming the cause.
+    // The dialler got the destination's hello (its version) and an ERROR frame naming the cause.
     expect(answer.subarray(0, 4).toString()).to.equal('LVMG');
-    expect(answer.readUInt16LE(4)).to.equal(1);
+    expect(answer.readUInt16LE(4)).to.equal(PROTOCOL_VERSION);
     expect(answer.toString('latin1')).to.match(/unsupported protocol version 99/);
   });
 

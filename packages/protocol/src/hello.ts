@@ -14,7 +14,11 @@ import { randomUUID } from 'node:crypto';
 import { ROLE_CODES, isChannelRole, roleFromCode, type ChannelRole } from './channels.js';
 import { ProtocolError } from './errors.js';
 
-export const PROTOCOL_VERSION = 1;
+/**
+ * The wire format's version: both ends must speak the same one (headers are checked key by
+ * key, so a field one end adds, the other refuses). 2: PONG.clockUs and SHUT.startedAtUs.
+ */
+export const PROTOCOL_VERSION = 2;
 export const HELLO_BYTES = 32;
 export const HELLO_MAGIC = 'LVMG';
 const MAGIC = Buffer.from(HELLO_MAGIC, 'latin1');

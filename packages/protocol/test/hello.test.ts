@@ -47,7 +47,7 @@ describe('hello', () => {
 
   it('rejects another protocol version, naming both', () => {
     const b = encodeHello({ role: 'main', uuid: UUID, version: 7 });
-    expectProtocolError(() => decodeHello(b), 'VERSION', 'unsupported protocol version 7 (this side speaks 1)');
+    expectProtocolError(() => decodeHello(b), 'VERSION', `unsupported protocol version 7 (this side speaks ${PROTOCOL_VERSION})`);
   });
 
   it('rejects an unknown role code', () => {
@@ -109,7 +109,7 @@ describe('HelloReader', () => {
     const b = encodeHello({ role: 'main', uuid: UUID });
     for (let i = 0; i < 31; i++) expect(r.push(b.subarray(i, i + 1))).to.equal(null);
     const res = r.push(b.subarray(31));
-    expect(res?.hello).to.deep.equal({ version: 1, role: 'main', uuid: UUID });
+    expect(res?.hello).to.deep.equal({ version: PROTOCOL_VERSION, role: 'main', uuid: UUID });
     expect(res?.rest.length).to.equal(0);
     expect(r.done).to.equal(true);
   });

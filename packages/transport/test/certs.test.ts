@@ -11,7 +11,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { X509Certificate } from 'node:crypto';
 import { spawn, spawnSync } from 'node:child_process';
-import { encodeHello, newMigrationId, type Hello } from '@livemig/protocol';
+import { PROTOCOL_VERSION, encodeHello, newMigrationId, type Hello } from '@livemig/protocol';
 import { acceptChannel, loadTlsCredentials, type Channel } from '@livemig/transport';
 import { createCertificates } from '@livemig/transport/certs';
 
@@ -131,7 +131,7 @@ describe('certificates', function () {
         const result = await accepted;
         if (result instanceof Error) throw result;
         channel = result.channel;
-        expect(result.hello).to.deep.equal({ version: 1, role: 'main', uuid });
+        expect(result.hello).to.deep.equal({ version: PROTOCOL_VERSION, role: 'main', uuid });
         expect(result.channel.info.label).to.contain('client certificate CN=test-client');
         child.stdin.end();
         await exited;

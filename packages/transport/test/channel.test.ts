@@ -9,7 +9,7 @@ import net from 'node:net';
 import { Duplex } from 'node:stream';
 import { createHash } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { MsgType, ProtocolError, encodeFrame, encodeHello, newMigrationId, payloadToBuffer, type Frame } from '@livemig/protocol';
+import { MsgType, PROTOCOL_VERSION, ProtocolError, encodeFrame, encodeHello, newMigrationId, payloadToBuffer, type Frame } from '@livemig/protocol';
 import { Channel, acceptChannel, connectChannel } from '@livemig/transport';
 
 const MiB = 1024 * 1024;
@@ -108,7 +108,7 @@ describe('connectChannel / acceptChannel', function () {
       nextSocket().then((s) => acceptChannel(s)),
     ]);
     channels.push(main, accepted.channel);
-    expect(accepted.hello).to.deep.equal({ version: 1, role: 'main', uuid });
+    expect(accepted.hello).to.deep.equal({ version: PROTOCOL_VERSION, role: 'main', uuid });
     expect(main.info.uuid).to.equal(uuid);
     expect(main.info.role).to.equal('main');
     expect(accepted.channel.info.uuid).to.equal(uuid);

@@ -13,7 +13,7 @@ import path from 'node:path';
 import type tls from 'node:tls';
 import { createHash } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { MsgType, newMigrationId, payloadToBuffer, type Frame, type Hello } from '@livemig/protocol';
+import { MsgType, PROTOCOL_VERSION, newMigrationId, payloadToBuffer, type Frame, type Hello } from '@livemig/protocol';
 import { createCertificates } from '@livemig/transport/certs';
 import {
   TlsError,
@@ -286,7 +286,7 @@ describe('TLS (certificates made once for this file)', function () {
       expect(ms.getProtocol()).to.equal('TLSv1.3');
       expect(rs.getProtocol()).to.equal('TLSv1.3');
       expect(ms.getCipher().name).to.equal('TLS_AES_128_GCM_SHA256');
-      expect(r.accept.value.hello).to.deep.equal({ version: 1, role: 'main', uuid });
+      expect(r.accept.value.hello).to.deep.equal({ version: PROTOCOL_VERSION, role: 'main', uuid });
       expect(ret.info.label).to.contain('client certificate CN=livemig-client');
       // the TLS socket wraps the TCP handle itself, not a JS stream
       expect((ms as unknown as { _handle?: { constructor: { name: string } } })._handle?.constructor.name).to.equal('TLSWrap');
