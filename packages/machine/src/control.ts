@@ -24,6 +24,7 @@
  * They time the guest's pause on the vCPUs themselves: the main thread learns of a park or a
  * start only when its event loop next runs, up to a scheduler slice later on a busy host.
  */
+import { monotonicOffsetMs } from '@livemig/uffd/clock';
 
 export const CMD = 0;
 export const STATE = 1;
@@ -44,14 +45,6 @@ export const Init = { PENDING: 0, OK: 1, FAILED: 2, STEPPING: 3 } as const;
 /** Slots of the 64-bit line (after the step counter at 0). */
 export const STEPPING_SINCE = 1;
 export const PARKED_AT = 2;
-
-/**
- * performance.now() + this = CLOCK_MONOTONIC ms, now. Taken afresh for each conversion: the two
- * clocks drift apart (0.34 ms in 2 s measured here), so a fixed offset would not do.
- */
-function monoOffsetMs(): number {
-  return Number(process.hrtime.bigint()) / 1e6 - performance.now();
-}
 
 /** The shared buffers of one machine's vCPUs. */
 export interface ControlBuffers {
@@ -133,6 +126,6 @@ export class ControlLine {
   /** The time in `slot` on the calling thread's performance.now() timeline, or null if unset. */
   stampedAt(slot: typeof STEPPING_SINCE | typeof PARKED_AT): number | null {
     const us = Atomics.load(this.counter, this.pbase + slot);
-    return us === 0n ? null : Number(us) / 1000 - monoOffsetMs();
+    return us === 0n ? null : Number(us) / 1000 - monotonicOffsetMs();
   }
 }

@@ -9,6 +9,7 @@
  * one write each: a write to a pipe wakes its reader, and on a 2-core host that wakeup alone
  * took ~0.1–0.3 ms from the thread being traced, in the middle of the switchover it measures.
  */
+import { monotonicOffsetMs } from '@livemig/uffd/clock';
 const enabled = process.env.LIVEMIG_TRACE === '1';
 const FLUSH_AFTER_MS = 50;
 
@@ -28,10 +29,8 @@ if (enabled) process.once('exit', flush);
 /** Traces `what` now, or at `atMs` (a performance.now() time) for a moment measured elsewhere. */
 export function trace(side: string, what: string, atMs?: number): void {
   if (!enabled) return;
-  // performance.now() and CLOCK_MONOTONIC drift apart (0.34 ms in 2 s here): convert with the
-  // offset between them now, valid for a time taken a moment ago.
-  const nowMs = Number(process.hrtime.bigint() / 1000n) / 1e3;
-  const seconds = (atMs === undefined ? nowMs : atMs + (nowMs - performance.now())) / 1000;
+  // Converted with the offset between the clocks now, valid for a time taken a moment ago.
+  const seconds = ((atMs ?? performance.now()) + monotonicOffsetMs()) / 1000;
   pending.push(`[trace ${side} ${seconds.toFixed(6)} s] ${what}\n`);
   timer ??= setTimeout(flush, FLUSH_AFTER_MS).unref();
 }

@@ -16,3 +16,4 @@ export * from './fdwatch.js';
 export * from './dirty.js';
 export * from './probe.js';
 export * from './pagemap.js';
+export { monotonicOffsetMs } from './clock.js';
