@@ -698,7 +698,7 @@ class IncomingSession {
         return;
       case MsgType.PING:
         if (m.ready && this.preparing) return this.pongWhenPrepared(m.id);
-        this.ch!.send({ type: MsgType.PONG, id: m.id, clockUs: clockUs() });
+        this.pong(m.id);
         return;
       case MsgType.PONG:
         return;
@@ -1008,6 +1008,11 @@ class IncomingSession {
    */
   private async pongWhenPrepared(id: number): Promise<void> {
     await this.preparing!.catch(() => undefined);
+    this.pong(id);
+  }
+
+  /** Answers PING `id`, with this process's clock for the source's downtime figure (PongMessage). */
+  private pong(id: number): void {
     this.ch?.send({ type: MsgType.PONG, id, clockUs: clockUs() });
   }
 

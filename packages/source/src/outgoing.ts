@@ -462,11 +462,7 @@ export class OutgoingMigration {
       // thread at either end skews one sample by its wake-up time) and, for a destination that
       // sends no clock, the shortest round trip. Nothing is sent after them until STOPPED.
       let rttMs = Infinity;
-      for (let i = 0; i < CLOCK_PINGS; i++) {
-        const rttStart = performance.now();
-        await this.roundTrip();
-        rttMs = Math.min(rttMs, performance.now() - rttStart);
-      }
+      for (let i = 0; i < CLOCK_PINGS; i++) rttMs = Math.min(rttMs, await this.roundTrip());
       if (!goPostcopy) {
         // --- stop and copy
         this.setPhase('stop-and-copy');
@@ -736,9 +732,10 @@ export class OutgoingMigration {
 
   /**
    * PING the destination and wait for its PONG: it has processed every frame sent before
-   * (and with `ready`, its guest could start at once).
+   * (and with `ready`, its guest could start at once). Returns the round trip (ms, to the read
+   * that brought the PONG); a PONG with the destination's clock also updates `destClock`.
    */
-  private async roundTrip(opts: { ready?: boolean } = {}): Promise<void> {
+  private async roundTrip(opts: { ready?: boolean } = {}): Promise<number> {
     this.checkAbort();
     const id = ++this.pingId;
     const pong = reply(this.pongWaiters, id, 'PING');
@@ -748,12 +745,13 @@ export class OutgoingMigration {
     const clockUs = (f.msg as { clockUs?: number }).clockUs;
     const readAt = this.pongReadAt.get(id) ?? performance.now();
     this.pongReadAt.delete(id);
-    if (typeof clockUs === 'number' && readAt >= sentAt) {
-      // The answer was made halfway through the round trip, as far as this end can tell; the
-      // shortest round trip bounds that guess best.
-      const rttMs = readAt - sentAt;
-      if (!this.destClock || rttMs < this.destClock.rttMs) this.destClock = { rttMs, offsetMs: clockUs / 1000 - (sentAt + readAt) / 2 };
+    const rttMs = readAt - sentAt;
+    // The answer was made halfway through the round trip, as far as this end can tell; the
+    // shortest round trip bounds that guess best.
+    if (typeof clockUs === 'number' && rttMs >= 0 && (!this.destClock || rttMs < this.destClock.rttMs)) {
+      this.destClock = { rttMs, offsetMs: clockUs / 1000 - (sentAt + readAt) / 2 };
     }
+    return rttMs;
   }
 
   /** When the read that brought each awaited PONG happened (this clock), by PING id. */
