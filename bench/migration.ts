@@ -6,6 +6,8 @@
 //   postcopy-sweep DESIGN.md §5: 1 GiB ab guest, one vCPU sweeping 1–1000 MiB, postcopy
 //                  500 ms after the migration starts (QEMU 7.2 here: 2.57 s total, 5 ms
 //                  downtime, 322 ms blocktime)
+//   postcopy-sweep-whole the same with --no-trim-pages: every data page sent whole (the ab
+//                  guest's pages hold one non-zero byte each; trimmed, each goes as 64 bytes)
 //   postcopy-preempt the same with --preempt: requested pages on their own connection
 //   postcopy-random  page-request latency under a saturated background stream: 1 GiB guest
 //                  full of data whose vCPU reads random pages (bench/guests/fill.mjs with
@@ -70,6 +72,11 @@ export const SCENARIOS: Scenario[] = [
   {
     name: 'postcopy-sweep',
     send: ['--ram', '1G', '--vcpus', '1', '--sweep', '1M-1000M', '--migrate-after', '2000', '--postcopy', '--postcopy-after', '500'],
+    recv: [],
+  },
+  {
+    name: 'postcopy-sweep-whole',
+    send: ['--ram', '1G', '--vcpus', '1', '--sweep', '1M-1000M', '--migrate-after', '2000', '--postcopy', '--postcopy-after', '500', '--no-trim-pages'],
     recv: [],
   },
   {

@@ -50,7 +50,7 @@ describe('control socket (--control) between two processes', function () {
     const sock = path.join(dir, 'src.sock');
     const recv = start('recv', '--listen', '127.0.0.1:0', '--json');
     const addr = await recv.listening();
-    const send = start('send', '--to', addr, '--ram', '512M', '--vcpus', '1', '--migrate-after', '200', '--max-bandwidth', '50M', '--control', sock, '--json');
+    const send = start('send', '--to', addr, '--ram', '512M', '--vcpus', '1', '--migrate-after', '200', '--max-bandwidth', '50M', '--no-trim-pages', '--control', sock, '--json');
     const qmp = await control(send, sock);
     expect(fs.lstatSync(sock).mode & 0o777).to.equal(0o600);
     await qmp.waitStatus((r) => r.status === 'active');
@@ -85,7 +85,7 @@ describe('control socket (--control) between two processes', function () {
     const recv = start('recv', '--listen', '127.0.0.1:0', '--json');
     const addr = await recv.listening();
     // 256 MiB at 20 MiB/s would take ~13 s.
-    const send = start('send', '--to', addr, '--ram', '256M', '--vcpus', '1', '--migrate-after', '200', '--max-bandwidth', '20M', '--downtime-limit', '1000', '--control', sock, '--json');
+    const send = start('send', '--to', addr, '--ram', '256M', '--vcpus', '1', '--migrate-after', '200', '--max-bandwidth', '20M', '--no-trim-pages', '--downtime-limit', '1000', '--control', sock, '--json');
     const qmp = await control(send, sock);
     const q = await qmp.waitStatus((x) => x.status === 'active');
     await sleep(500);
@@ -122,7 +122,7 @@ describe('control socket (--control) between two processes', function () {
     const recv = start('recv', '--listen', '127.0.0.1:0', '--run-after', '300', '--json');
     const addr = await recv.listening();
     const send = start(
-      'send', '--to', addr, '--ram', '256M', '--vcpus', '1', '--migrate-after', '200', '--max-bandwidth', '20M',
+      'send', '--to', addr, '--ram', '256M', '--vcpus', '1', '--migrate-after', '200', '--max-bandwidth', '20M', '--no-trim-pages',
       '--postcopy', '--postcopy-after', '100000', '--control', sock, '--json',
     );
     const qmp = await control(send, sock);

@@ -37,6 +37,9 @@ describe('postcopy migration between two processes', function () {
     expect(rr.postcopy.blocktimeMs).to.be.a('number');
     expect(Object.values(rr.postcopy.latencyHistogram as Record<string, number>).reduce((a, b) => a + b, 0)).to.be.greaterThan(0);
     expect(sr.ram.postcopyBytes).to.be.greaterThan(0);
+    // The ab guest's pages (one non-zero byte each) travel trimmed, and are placed whole.
+    expect(rr.ram.pagesTrimmed).to.be.greaterThan(0);
+    expect(rr.ram.pagesTrimmed).to.equal(sr.ram.pagesTrimmed);
     expect(sr.downtimeMs).to.be.lessThan(1000);
     // The guest's pause leaves out the acknowledgement's way back, and nothing else.
     expect(sr.downtimeMs).to.be.greaterThan(0);
@@ -71,9 +74,9 @@ describe('postcopy migration between two processes', function () {
     const recv = migrate('recv', '--listen', '127.0.0.1:0', '--json');
     const addr = await recv.listening();
     const sock = path.join(dir, 'send.sock');
-    // 64 MiB at 16 MB/s: postcopy lasts a few seconds.
+    // 64 MiB of whole pages at 16 MB/s: postcopy lasts a few seconds.
     const send = migrate('send', '--to', addr, '--ram', '64M', '--vcpus', '1', '--migrate-after', '300', '--downtime-limit', '1',
-      '--postcopy', '--postcopy-after', '100', '--max-postcopy-bandwidth', '16M', '--control', sock, '--json');
+      '--postcopy', '--postcopy-after', '100', '--max-postcopy-bandwidth', '16M', '--no-trim-pages', '--control', sock, '--json');
     const qmp = await QmpClient.forProcess(send, sock);
     try {
       await qmp.waitEvent((e) => e.event === 'MIGRATION' && e.data?.status === 'postcopy-active', 30_000);
@@ -108,7 +111,7 @@ describe('postcopy migration between two processes', function () {
     // limit, so precopy cannot converge and postcopy starts after round 1 has sent every page.
     const send = migrate(
       'send', '--to', addr, '--guest', SCRIBBLE, '--guest-config', JSON.stringify({ pages }), '--ram', '16M', '--vcpus', '1',
-      '--migrate-after', '100', '--max-bandwidth', '8M', '--downtime-limit', '1', '--postcopy', '--postcopy-after', '2600', '--json',
+      '--migrate-after', '100', '--max-bandwidth', '8M', '--no-trim-pages', '--downtime-limit', '1', '--postcopy', '--postcopy-after', '2600', '--json',
     );
     const [s, r] = await Promise.all([send.done(), recv.done()]);
     expect(s.code, send.stderr).to.equal(0);

@@ -29,11 +29,29 @@ describe('precopy migration between two processes', function () {
     expect(rr.role).to.equal('destination');
     expect(rr.integrity).to.include({ checked: true, bad: 0 });
     expect(rr.integrity.pages).to.equal(65536);
+    // The ab guest's data pages hold one non-zero byte: they travel trimmed, counted alike at both ends.
+    expect(sr.ram.pagesTrimmed).to.be.greaterThan(0);
+    expect(rr.ram.pagesTrimmed).to.equal(sr.ram.pagesTrimmed);
     for (const k of ['mode', 'totalTimeMs', 'setupTimeMs', 'downtimeMs', 'precopyRounds']) expect(sr).to.have.property(k);
-    for (const k of ['totalBytes', 'transferredBytes', 'pagesNormal', 'pagesZero', 'precopyBytes', 'postcopyBytes', 'mbps']) expect(sr.ram).to.have.property(k);
+    for (const k of ['totalBytes', 'transferredBytes', 'pagesNormal', 'pagesZero', 'pagesTrimmed', 'precopyBytes', 'postcopyBytes', 'mbps']) expect(sr.ram).to.have.property(k);
     // The guest's pause leaves out SHUT's way back, and nothing else.
     expect(sr.downtimeMs).to.be.greaterThan(0);
     expect(sr.downtimeAckedMs).to.be.at.least(sr.downtimeMs);
+  });
+
+  it('with --no-trim-pages sends every data page whole, and the guest verifies with 0 bad pages', async () => {
+    const recv = migrate('recv', '--listen', '127.0.0.1:0', '--json');
+    const addr = await recv.listening();
+    const send = migrate('send', '--to', addr, '--ram', '64M', '--vcpus', '1', '--migrate-after', '200', '--downtime-limit', '1000', '--no-trim-pages', '--json');
+    const [s, r] = await Promise.all([send.done(), recv.done()]);
+    expect(s.code, send.stderr).to.equal(0);
+    expect(r.code, recv.stderr).to.equal(0);
+    const sr = send.report();
+    expect(sr.ram.pagesTrimmed).to.equal(0);
+    expect(sr.ram.pagesNormal).to.be.greaterThan(0);
+    // Whole pages: at least a page of payload for each.
+    expect(sr.ram.transferredBytes).to.be.at.least(sr.ram.pagesNormal * 4096);
+    expect(recv.report().integrity).to.include({ checked: true, bad: 0, pages: 16384 });
   });
 
   it('the downtime the source reports agrees within 1 ms (or 5% of a long pause) with the pause read off the host clock both ends share (first vCPU parked → last vCPU stepping there)', async () => {
@@ -70,7 +88,7 @@ describe('precopy migration between two processes', function () {
   it('keeps the source guest running and consistent when the destination is killed mid-precopy', async () => {
     const recv = migrate('recv', '--listen', '127.0.0.1:0', '--json');
     const addr = await recv.listening();
-    const send = migrate('send', '--to', addr, '--ram', '256M', '--vcpus', '2', '--migrate-after', '200', '--max-bandwidth', '40M', '--json');
+    const send = migrate('send', '--to', addr, '--ram', '256M', '--vcpus', '2', '--migrate-after', '200', '--max-bandwidth', '40M', '--no-trim-pages', '--json');
     await sleep(1500);
     recv.kill('SIGKILL');
     const s = await send.done();

@@ -42,6 +42,7 @@ export async function main(argv: string[]): Promise<number> {
           .option('postcopy-fallback', { choices: ['precopy', 'fail'] as const, default: 'precopy' as const, describe: 'when the destination cannot do postcopy' })
           .option('max-postcopy-bandwidth', { type: 'string', default: '0', describe: 'postcopy background stream rate limit, bytes/s (500M); 0 = unlimited' })
           .option('postcopy-queue', { type: 'string', default: '1M', describe: 'postcopy without --preempt: bound the kernel send queue of the main channel to SIZE (requested pages wait behind it); 0 = the kernel\'s own sizing' })
+          .option('trim-pages', { type: 'boolean', default: true, describe: 'send a page that ends in zero bytes without them when that leaves at most half of it (--no-trim-pages: every data page whole)' })
           .option('preempt', { type: 'boolean', default: false, describe: 'postcopy: requested pages travel on their own connection, never behind the background stream' })
           .option('preempt-realtime', { type: 'boolean', default: false, describe: 'with --preempt: answer page requests from a realtime (SCHED_FIFO) thread; a short scheduler slice where refused' })
           .option('return-listen', { type: 'string', describe: 'after the guest left, wait for it to come back on HOST:PORT, then verify it' })

@@ -45,6 +45,7 @@ export interface SendArgs {
   recoverTimeout: number;
   maxPostcopyBandwidth: string;
   postcopyQueue: string;
+  trimPages: boolean;
 }
 
 export async function runSend(a: SendArgs): Promise<number> {
@@ -127,6 +128,8 @@ export async function sendMachine(
     autoRecover?: boolean;
     maxPostcopyBandwidth?: string;
     postcopyQueue?: string;
+    /** Default true: see OutgoingOptions.trimPages. */
+    trimPages?: boolean;
     /** With autoRecover: seconds to keep trying. */
     recoverTimeout?: number;
     tls?: TlsCredentials;
@@ -154,6 +157,7 @@ export async function sendMachine(
     maxBandwidth: parseRate(a.maxBandwidth, '--max-bandwidth'),
     maxPostcopyBandwidth: parseRate(a.maxPostcopyBandwidth ?? '0', '--max-postcopy-bandwidth'),
     ...(a.postcopyQueue !== undefined ? { postcopyQueueBytes: parseSize(a.postcopyQueue, '--postcopy-queue') } : {}),
+    trimPages: a.trimPages ?? true,
     downtimeLimitMs: a.downtimeLimit,
     timeoutMs: a.timeout * 1000,
     onProgress: (p) => {

@@ -15,6 +15,8 @@ import {
   BlockTable,
   MsgType,
   forEachPageRun,
+  expandTrimmedRun,
+  clearTrimmedRun,
   payloadToBuffer,
   type AdviseMessage,
   type DiscardMessage,
@@ -636,6 +638,21 @@ class IncomingSession {
         forEachPageRun(f.payload, b.pageSize, this.bounceFor(b), (src, idx, n) => this.placer!.placer.placeRun(b, first + idx, n, src));
         return;
       }
+      case MsgType.TRIMMED_RUN: {
+        this.state.expect(PAGE_STATES, 'TRIMMED_RUN');
+        this.table!.checkMessage(m);
+        const b = this.placer!.get(m.block);
+        const out = this.trimmedOut(m.count * b.pageSize);
+        const payload = payloadToBuffer(f.payload);
+        expandTrimmedRun(payload, m.count, b.pageSize, out, true);
+        try {
+          this.placer!.placer.placeRun(b, m.offset / b.pageSize, m.count, out);
+        } finally {
+          clearTrimmedRun(payload, m.count, b.pageSize, out);
+        }
+        this.pagesTrimmed += m.count;
+        return;
+      }
       case MsgType.PAGES: {
         this.state.expect(PAGE_STATES, 'PAGES');
         this.table!.checkMessage(m);
@@ -944,6 +961,20 @@ class IncomingSession {
     this.done({ report: r, machine });
   }
 
+  /** Pages received trimmed (TRIMMED_RUN). */
+  private pagesTrimmed = 0;
+  private trimmed: Buffer | null = null;
+
+  /**
+   * A zero buffer of at least `bytes` (≤ MAX_TRIMMED_RUN_BYTES, checked on decode) to fill the
+   * pages of a TRIMMED_RUN out in before they are placed; kept for the next one, zeroed again
+   * where the last one wrote.
+   */
+  private trimmedOut(bytes: number): Buffer {
+    if (!this.trimmed || this.trimmed.length < bytes) this.trimmed = Buffer.alloc(Math.max(bytes, 1024 * 1024));
+    return this.trimmed;
+  }
+
   private bounceFor(b: PlacerBlock): Buffer {
     return b.pageSize <= this.bounce.length ? this.bounce.subarray(0, b.pageSize) : Buffer.alloc(b.pageSize);
   }
@@ -1084,6 +1115,7 @@ class IncomingSession {
     r.downtimeMs = round1(downtimeMs);
     r.ram.pagesNormal = s.pagesNormal;
     r.ram.pagesZero = s.pagesZero;
+    r.ram.pagesTrimmed = this.pagesTrimmed;
     r.ram.precopyBytes = s.dataBytes;
     r.ram.transferredBytes = this.readBefore + this.ch!.bytesRead;
     r.ram.mbps = mbps(r.ram.transferredBytes, r.totalTimeMs);

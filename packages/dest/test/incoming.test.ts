@@ -8,7 +8,7 @@ import { expect } from 'chai';
 import fs from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { pack } from 'msgpackr';
-import { MsgType, encodeHeader, newMigrationId, type Message, type SetupMessage } from '@livemig/protocol';
+import { MsgType, encodeHeader, keptUnits, newMigrationId, writeTrimmedRun, type Message, type SetupMessage } from '@livemig/protocol';
 import { connectChannel, type Channel } from '@livemig/transport';
 import { Machine, spareVcpuCount } from '@livemig/machine';
 import { IncomingMigration, defaultMachineFactory, type IncomingResult, type MachineFactory } from '@livemig/dest';
@@ -240,6 +240,16 @@ describe('IncomingMigration', function () {
     expect((await result).report.status).to.equal('failed');
   });
 
+  it('refuses a TRIMMED_RUN whose table keeps more than its payload carries, naming both', async () => {
+    const { src, result } = await session();
+    await setupAccepted(src);
+    // Two pages keeping 1 and 2 units (192 bytes), but only 128 bytes after the table.
+    src.ch.send({ type: MsgType.TRIMMED_RUN, block: 'ram0', pageSize: PS, offset: 0, count: 2 }, Buffer.concat([Buffer.from([1, 0, 2, 0]), Buffer.alloc(128, 1)]));
+    const reason = await errorReason(src);
+    expect(reason).to.contain('TRIMMED_RUN: the table keeps 192 bytes, the payload carries 128 after it');
+    expect((await result).report.status).to.equal('failed');
+  });
+
   it('fails with a message about the connection closing mid-frame when the source vanishes inside a frame', async () => {
     const { src, result } = await session();
     await setupAccepted(src);
@@ -417,6 +427,31 @@ describe('IncomingMigration', function () {
       if (zeroRuns.length) ch.send({ type: MsgType.ZERO, block: 'ram0', pageSize: PS, runs: zeroRuns });
       return { data, zero: zeroRuns.reduce((n, r) => n + r[1], 0) };
     }
+
+    it('places the pages of TRIMMED_RUN frames whole: the guest verifies with 0 bad pages and the report counts them', async () => {
+      const source = await stoppedSource();
+      const { src, result } = await session();
+      await setupAccepted(src, abSetup({ blocks: source.layout.map(({ name, length, pageSize }) => ({ name, length, pageSize })) }));
+      // Every page as the source would trim it (the ab guest's data pages keep one 64-byte unit).
+      const pages = source.ram.length / PS;
+      const kept = new Uint16Array(pages);
+      for (let p = 0; p < pages; p++) kept[p] = keptUnits(source.ram, p * PS, PS);
+      expect(kept.some((k) => k === 1), 'some pages are trimmed to one unit').to.equal(true);
+      for (let p = 0; p < pages; p += 256) {
+        const payload = Buffer.alloc(2 * 256 + 256 * PS);
+        const n = writeTrimmedRun(payload, 0, source.ram, p * PS, PS, kept.subarray(p, p + 256), 256);
+        src.ch.send({ type: MsgType.TRIMMED_RUN, block: 'ram0', pageSize: PS, offset: p * PS, count: 256 }, payload.subarray(0, n));
+      }
+      src.ch.send({ type: MsgType.DEVICE }, pack(source.device));
+      src.ch.send({ type: MsgType.COMPLETE });
+      expect(await src.next(MsgType.SHUT)).to.deep.include({ status: 'ok' });
+      const { report, machine } = await result;
+      expect(report.status, report.error).to.equal('completed');
+      expect(report.ram).to.include({ pagesNormal: pages, pagesTrimmed: pages });
+      // The ab check reads every byte of every page: the rest of each page must be zero.
+      const integrity = await (machine as unknown as Machine).verify();
+      expect(integrity).to.include({ checked: true, bad: 0, pages });
+    });
 
     it('the ab layout is one block ram0 of the RAM size with 4 KiB pages', async () => {
       const { layout } = await stoppedSource();

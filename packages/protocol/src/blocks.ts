@@ -77,6 +77,7 @@ export class BlockTable implements Iterable<BlockInfo> {
         break;
       }
       case MsgType.PAGE_RUN:
+      case MsgType.TRIMMED_RUN:
         this.checkRange(msg.block, msg.offset, msg.count * msg.pageSize, msg.pageSize);
         break;
       case MsgType.ZERO:

@@ -28,7 +28,7 @@ const T = MsgType;
 const ANY = [T.PING, T.PONG, T.ERROR];
 const ALLOWED: Record<ChannelRole, Set<number>> = {
   main: new Set<number>([
-    T.SETUP, T.PAGES, T.PAGE_RUN, T.ZERO, T.DEVICE, T.ROUND, T.ADVISE, T.DISCARD,
+    T.SETUP, T.PAGES, T.PAGE_RUN, T.TRIMMED_RUN, T.ZERO, T.DEVICE, T.ROUND, T.ADVISE, T.DISCARD,
     T.LISTEN, T.RUN, T.END, T.COMPLETE, T.STOPPED, T.RESUME, ...ANY,
   ]),
   return: new Set<number>([T.ACK, T.REQ_PAGES, T.SHUT, T.RECV_BITMAP, T.RESUME_ACK, ...ANY]),

@@ -17,8 +17,9 @@ import { ProtocolError } from './errors.js';
 /**
  * The wire format's version: both ends must speak the same one (headers are checked key by
  * key, so a field one end adds, the other refuses). 2: PONG.clockUs and SHUT.startedAtUs.
+ * 3: TRIMMED_RUN.
  */
-export const PROTOCOL_VERSION = 2;
+export const PROTOCOL_VERSION = 3;
 export const HELLO_BYTES = 32;
 export const HELLO_MAGIC = 'LVMG';
 const MAGIC = Buffer.from(HELLO_MAGIC, 'latin1');

@@ -8,9 +8,9 @@ export {
   MsgType, ALL_MSG_TYPES, isMsgType, msgTypeName, Capability,
   MIN_PAGE_SIZE, MAX_PAGE_SIZE, MAX_OFFSET, MAX_BLOCKS, MAX_BLOCK_NAME, MAX_PAGES_PER_FRAME, MAX_ZERO_RUNS,
   MAX_DISCARDS_PER_COMMAND, MAX_REQUEST_BYTES, MAX_REASON_CHARS, MAX_CAPS, MAX_VCPUS, MAX_ADVISE_PAGE_SIZES,
-  MAX_VALUE_DEPTH,
+  MAX_VALUE_DEPTH, TRIM_UNIT, MAX_TRIMMED_RUN_BYTES,
   type MsgTypeName, type Message, type MessageOf, type BlockInfo, type GuestInfo,
-  type SetupMessage, type PagesMessage, type PageRunMessage, type ZeroMessage, type DeviceMessage,
+  type SetupMessage, type PagesMessage, type PageRunMessage, type TrimmedRunMessage, type ZeroMessage, type DeviceMessage,
   type RoundMessage, type AdviseMessage, type DiscardMessage, type ListenMessage, type RunMessage,
   type EndMessage, type CompleteMessage, type StoppedMessage, type PingMessage, type PongMessage, type AckMessage,
   type ReqPagesMessage, type ShutMessage, type RecvBitmapMessage, type ResumeMessage,
@@ -24,6 +24,7 @@ export {
 export { PREFIX_BYTES, DEFAULT_LIMITS, resolveLimits, type Limits, type Frame } from './frame.js';
 export { EMPTY_PAYLOAD, toPayload, payloadToBuffer, forEachPageRun, type Payload } from './payload.js';
 export { validateMessage, expectedPayloadLength } from './validate.js';
+export { keptUnits, writeTrimmedRun, expandTrimmedRun, clearTrimmedRun } from './trimmed.js';
 export { FrameEncoder, encodeHeader, encodeFrame } from './encoder.js';
 export { FrameDecoder, type DecoderOptions } from './decoder.js';
 export { ReadRing, type ReadRingOptions } from './read-ring.js';

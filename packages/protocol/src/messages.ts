@@ -35,6 +35,7 @@ export const MsgType = {
   ERROR: 21,
   // main channel, source → destination
   STOPPED: 22,
+  TRIMMED_RUN: 23,
 } as const;
 export type MsgType = (typeof MsgType)[keyof typeof MsgType];
 export type MsgTypeName = keyof typeof MsgType;
@@ -62,6 +63,10 @@ export const MAX_PAGE_SIZE = 1 << 30;
 export const MAX_OFFSET = 2 ** 48;
 export const MAX_BLOCKS = 256;
 export const MAX_BLOCK_NAME = 64;
+/** TRIMMED_RUN: kept lengths count in units of this many bytes. */
+export const TRIM_UNIT = 64;
+/** TRIMMED_RUN: most bytes its pages span once filled out (count × pageSize). */
+export const MAX_TRIMMED_RUN_BYTES = 4 * 1024 * 1024;
 /** Offsets in one PAGES frame; runs in one ZERO frame. */
 export const MAX_PAGES_PER_FRAME = 4096;
 export const MAX_ZERO_RUNS = 4096;
@@ -123,6 +128,19 @@ export interface PagesMessage {
 /** `count` contiguous pages from `offset`; payload = count × pageSize bytes. */
 export interface PageRunMessage {
   type: typeof MsgType.PAGE_RUN;
+  block: string;
+  pageSize: number;
+  offset: number;
+  count: number;
+}
+/**
+ * `count` contiguous pages from `offset`, each without its trailing zero bytes. Payload: a
+ * table of `count` u16 LE, each page's kept length in TRIM_UNIT-byte units (0 ..
+ * pageSize / TRIM_UNIT), then the kept bytes of each page, in order. The destination fills
+ * the rest of each page with zeros. Layout and checks: trimmed.ts.
+ */
+export interface TrimmedRunMessage {
+  type: typeof MsgType.TRIMMED_RUN;
   block: string;
   pageSize: number;
   offset: number;
@@ -241,6 +259,7 @@ export type Message =
   | SetupMessage
   | PagesMessage
   | PageRunMessage
+  | TrimmedRunMessage
   | ZeroMessage
   | DeviceMessage
   | RoundMessage

@@ -9,7 +9,7 @@ import {
   MsgType, isMsgType, msgTypeName, type Message,
   MIN_PAGE_SIZE, MAX_PAGE_SIZE, MAX_OFFSET, MAX_BLOCKS, MAX_BLOCK_NAME, MAX_PAGES_PER_FRAME, MAX_ZERO_RUNS,
   MAX_DISCARDS_PER_COMMAND, MAX_REQUEST_BYTES, MAX_REASON_CHARS, MAX_CAPS, MAX_VCPUS, MAX_ADVISE_PAGE_SIZES,
-  MAX_VALUE_DEPTH,
+  MAX_VALUE_DEPTH, TRIM_UNIT, MAX_TRIMMED_RUN_BYTES,
 } from './messages.js';
 
 const NAME_RE = /^[A-Za-z0-9._-]{1,64}$/;
@@ -106,6 +106,8 @@ export function expectedPayloadLength(msg: Message): number {
       return msg.offsets.length * msg.pageSize;
     case MsgType.PAGE_RUN:
       return msg.count * msg.pageSize;
+    case MsgType.TRIMMED_RUN:
+      return -1;
     case MsgType.RECV_BITMAP:
       return Math.ceil(msg.pages / 8);
     case MsgType.DEVICE:
@@ -174,6 +176,20 @@ export function validateMessage(msg: Message, payloadLength: number): void {
       const off = uint(m['offset'], f('offset'), MAX_OFFSET - ps);
       aligned(off, ps, f('offset'));
       uint(m['count'], f('count'), (MAX_OFFSET - off) / ps, 1);
+      break;
+    }
+    case MsgType.TRIMMED_RUN: {
+      blockName(m['block'], f('block'));
+      const ps = pageSize(m['pageSize'], f('pageSize'));
+      if (ps > MAX_TRIMMED_RUN_BYTES) fail('RANGE', `${f('pageSize')}: ${ps} is larger than a trimmed run may span (${MAX_TRIMMED_RUN_BYTES})`);
+      const off = uint(m['offset'], f('offset'), MAX_OFFSET - ps);
+      aligned(off, ps, f('offset'));
+      const count = uint(m['count'], f('count'), Math.min((MAX_OFFSET - off) / ps, MAX_TRIMMED_RUN_BYTES / ps), 1);
+      // The table, then at most every page whole; trimmed.ts checks the table itself.
+      if (payloadLength < 2 * count || payloadLength > 2 * count + count * ps)
+        fail('MALFORMED', `${name}: payload is ${payloadLength} bytes, ${count} pages of ${ps} bytes trimmed need ${2 * count}..${2 * count + count * ps}`);
+      if ((payloadLength - 2 * count) % TRIM_UNIT !== 0)
+        fail('MALFORMED', `${name}: payload is ${payloadLength} bytes, not a ${2 * count}-byte table and whole ${TRIM_UNIT}-byte units`);
       break;
     }
     case MsgType.ZERO: {

@@ -8,6 +8,7 @@
  *   SETUP             k: guest kind, c: guest config, m: guest module (optional), b: [[name, length, pageSize]…], cp: caps[], v: vcpus
  *   PAGES             b: block, p: pageSize, o: offsets[]
  *   PAGE_RUN          b, p, o: offset, n: count
+ *   TRIMMED_RUN       b, p, o: offset, n: count
  *   ZERO              b, p, r: [[offset, count]…]
  *   ROUND             r: round, d: dirtyBytes
  *   ADVISE            p: pageSizes[]
@@ -30,6 +31,7 @@ const KEYS: Record<number, [string[], string[]]> = {
   [MsgType.SETUP]: [['k', 'c', 'b', 'cp', 'v'], ['m']],
   [MsgType.PAGES]: [['b', 'p', 'o'], []],
   [MsgType.PAGE_RUN]: [['b', 'p', 'o', 'n'], []],
+  [MsgType.TRIMMED_RUN]: [['b', 'p', 'o', 'n'], []],
   [MsgType.ZERO]: [['b', 'p', 'r'], []],
   [MsgType.DEVICE]: [[], []],
   [MsgType.ROUND]: [['r', 'd'], []],
@@ -65,6 +67,7 @@ export function toWire(msg: Message): WireHeader {
     case MsgType.PAGES:
       return { t: msg.type, b: msg.block, p: msg.pageSize, o: msg.offsets };
     case MsgType.PAGE_RUN:
+    case MsgType.TRIMMED_RUN:
       return { t: msg.type, b: msg.block, p: msg.pageSize, o: msg.offset, n: msg.count };
     case MsgType.ZERO:
       return { t: msg.type, b: msg.block, p: msg.pageSize, r: msg.runs };
@@ -136,6 +139,7 @@ export function fromWire(h: unknown): Message {
     case MsgType.PAGES:
       return { type: t, block: w['b'], pageSize: w['p'], offsets: w['o'] } as Message;
     case MsgType.PAGE_RUN:
+    case MsgType.TRIMMED_RUN:
       return { type: t, block: w['b'], pageSize: w['p'], offset: w['o'], count: w['n'] } as Message;
     case MsgType.ZERO:
       return { type: t, block: w['b'], pageSize: w['p'], runs: w['r'] } as Message;

@@ -28,7 +28,7 @@ function randomMessage(r: Rand): { msg: Message; payload?: Buffer } {
     const at = int(r, POOL.length - n);
     return POOL.subarray(at, at + n);
   };
-  switch (int(r, 22) + 1) {
+  switch (int(r, 23) + 1) {
     case MsgType.SETUP:
       return { msg: {
         type: MsgType.SETUP,
@@ -43,6 +43,17 @@ function randomMessage(r: Rand): { msg: Message; payload?: Buffer } {
     case MsgType.PAGE_RUN: {
       const n = 1 + int(r, 3);
       return { msg: { type: MsgType.PAGE_RUN, block: pick(r, NAMES), pageSize: 4096, offset: off(), count: n }, payload: bytes(n * 4096) };
+    }
+    case MsgType.TRIMMED_RUN: {
+      const n = 1 + int(r, 3);
+      const table = Buffer.alloc(2 * n);
+      let units = 0;
+      for (let i = 0; i < n; i++) {
+        const k = int(r, 5);
+        table.writeUInt16LE(k, 2 * i);
+        units += k;
+      }
+      return { msg: { type: MsgType.TRIMMED_RUN, block: pick(r, NAMES), pageSize: 4096, offset: off(), count: n }, payload: Buffer.concat([table, bytes(units * 64)]) };
     }
     case MsgType.ZERO:
       return { msg: { type: MsgType.ZERO, block: pick(r, NAMES), pageSize: ps, runs: Array.from({ length: 1 + int(r, 5) }, () => [off(), 1 + int(r, 1000)] as [number, number]) } };

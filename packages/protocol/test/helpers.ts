@@ -59,6 +59,11 @@ export function sampleMessages(): Sample[] {
     },
     { msg: { type: MsgType.PAGES, block: 'ram0', pageSize: 4096, offsets: [0, 40960, 8192] }, payload: pattern(3 * 4096) },
     { msg: { type: MsgType.PAGE_RUN, block: 'ram0', pageSize: 4096, offset: 2 ** 40, count: 4 }, payload: pattern(4 * 4096, 2) },
+    {
+      msg: { type: MsgType.TRIMMED_RUN, block: 'ram0', pageSize: 4096, offset: 8192, count: 3 },
+      // kept units 1, 0, 2: a 6-byte table, then 64 + 128 bytes
+      payload: Buffer.concat([Buffer.from([1, 0, 0, 0, 2, 0]), pattern(3 * 64, 3)]),
+    },
     { msg: { type: MsgType.ZERO, block: 'ram0', pageSize: 4096, runs: [[0, 1], [8192, 300], [2 ** 47, 1]] } },
     { msg: { type: MsgType.DEVICE }, payload: pack({ cpu: [{ pc: 1234 }], tick: 99 }) },
     { msg: { type: MsgType.ROUND, round: 3, dirtyBytes: 123 * 4096 } },

@@ -68,7 +68,7 @@ describe('messages', () => {
 describe('channel roles (allowedOn)', () => {
   const T = MsgType;
   const table: Record<ChannelRole, number[]> = {
-    main: [T.SETUP, T.PAGES, T.PAGE_RUN, T.ZERO, T.DEVICE, T.ROUND, T.ADVISE, T.DISCARD, T.LISTEN, T.RUN, T.END, T.COMPLETE, T.RESUME, T.PING, T.PONG, T.ERROR, T.STOPPED],
+    main: [T.SETUP, T.PAGES, T.PAGE_RUN, T.TRIMMED_RUN, T.ZERO, T.DEVICE, T.ROUND, T.ADVISE, T.DISCARD, T.LISTEN, T.RUN, T.END, T.COMPLETE, T.RESUME, T.PING, T.PONG, T.ERROR, T.STOPPED],
     return: [T.ACK, T.REQ_PAGES, T.SHUT, T.RECV_BITMAP, T.RESUME_ACK, T.PING, T.PONG, T.ERROR],
     preempt: [T.PAGES, T.PAGE_RUN, T.ZERO, T.REQ_PAGES, T.PING, T.PONG, T.ERROR],
   };

@@ -95,6 +95,14 @@ const rules: Rule[] = [
   { what: 'ADVISE with no page sizes', header: { t: T.ADVISE, p: [] }, code: 'MALFORMED', message: 'ADVISE.pageSizes: needs at least 1 entry' },
   { what: 'ADVISE with a bad page size', header: { t: T.ADVISE, p: [4096, 5000] }, code: 'RANGE', message: 'ADVISE.pageSizes[1]: 5000 is not a power of two' },
 
+  // TRIMMED_RUN (its table is checked by expandTrimmedRun: trimmed.test.ts)
+  { what: 'a TRIMMED_RUN payload shorter than its table', header: { t: T.TRIMMED_RUN, b: 'ram0', p: 4096, o: 0, n: 3 }, payload: 5, code: 'MALFORMED', message: 'TRIMMED_RUN: payload is 5 bytes, 3 pages of 4096 bytes trimmed need 6..12294' },
+  { what: 'a TRIMMED_RUN payload longer than its pages whole', header: { t: T.TRIMMED_RUN, b: 'ram0', p: 4096, o: 0, n: 1 }, payload: 2 + 4096 + 64, code: 'MALFORMED', message: 'TRIMMED_RUN: payload is 4162 bytes' },
+  { what: 'a TRIMMED_RUN payload that is not whole units after the table', header: { t: T.TRIMMED_RUN, b: 'ram0', p: 4096, o: 0, n: 1 }, payload: 2 + 65, code: 'MALFORMED', message: 'not a 2-byte table and whole 64-byte units' },
+  { what: 'a TRIMMED_RUN spanning more than 4 MiB', header: { t: T.TRIMMED_RUN, b: 'ram0', p: 4096, o: 0, n: 1025 }, payload: 2050, code: 'RANGE', message: 'TRIMMED_RUN.count: 0x401 out of range 0x1..0x400' },
+  { what: 'a TRIMMED_RUN of pages larger than 4 MiB', header: { t: T.TRIMMED_RUN, b: 'ram0', p: 2 ** 23, o: 0, n: 1 }, payload: 2, code: 'RANGE', message: 'TRIMMED_RUN.pageSize: 8388608 is larger than a trimmed run may span' },
+  { what: 'a TRIMMED_RUN offset not aligned', header: { t: T.TRIMMED_RUN, b: 'ram0', p: 4096, o: 100, n: 1 }, payload: 2, code: 'ALIGN', message: 'TRIMMED_RUN.offset: 0x64 not aligned' },
+
   // DISCARD
   { what: 'DISCARD with 13 ranges', header: { t: T.DISCARD, b: 'ram0', r: Array.from({ length: 13 }, (_, i) => [i * 8192, 4096]) }, code: 'OVERSIZED', message: 'DISCARD.ranges: 13 entries exceeds 12' },
   { what: 'DISCARD with no ranges', header: { t: T.DISCARD, b: 'ram0', r: [] }, code: 'MALFORMED', message: 'DISCARD.ranges: needs at least 1 entry' },

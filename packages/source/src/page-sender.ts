@@ -1,13 +1,15 @@
 /**
  * page-sender.ts — owns putting pages on the wire: a page range of a block becomes PAGE_RUN
  * frames (header + the guest memory itself as payload, not copied) for runs of data pages,
- * PAGES frames (the pages copied into one buffer) for short scattered runs, and ZERO run
- * frames (no payload) for zero pages, honouring the rate limiter and socket backpressure.
- * Pages the kernel said were never populated when the migration began (and not written since)
- * are zero without being read — reading them would fault in the zero page, one fault each; the
- * others are compared with a zero page.
+ * PAGES frames (the pages copied into one buffer) for short scattered runs, TRIMMED_RUN
+ * frames for runs of pages that end in zeros (each page without its zero tail, when that
+ * leaves at most half of it), and ZERO run frames (no payload) for zero pages, honouring the
+ * rate limiter and socket backpressure. Pages the kernel said were never populated when the
+ * migration began (and not written since) are zero without being read — reading them would
+ * fault in the zero page, one fault each; the others are measured (`keptUnits`: one read for
+ * a page whose last bytes are not zero).
  */
-import { MsgType } from '@livemig/protocol';
+import { MsgType, TRIM_UNIT, MAX_TRIMMED_RUN_BYTES, keptUnits, writeTrimmedRun } from '@livemig/protocol';
 import type { Channel } from '@livemig/transport';
 import type { PageBitmap } from './page-bitmap.js';
 import type { RateLimiter } from './rate-limiter.js';
@@ -26,8 +28,20 @@ export interface SendBlock {
 export interface SendStats {
   pagesNormal: number;
   pagesZero: number;
-  /** Page payload bytes. */
+  /** Page payload bytes (a trimmed page counts whole). */
   dataBytes: number;
+  /** Data pages sent trimmed (TRIMMED_RUN), part of pagesNormal. */
+  pagesTrimmed: number;
+  /** Payload bytes of the TRIMMED_RUN frames (tables and kept bytes). */
+  trimmedBytes: number;
+}
+
+export interface PageSenderOptions {
+  /**
+   * Send pages that end in zeros without them (TRIMMED_RUN) when that leaves at most half of
+   * the page. Default true; false sends every data page whole.
+   */
+  trim?: boolean;
 }
 
 /** Largest PAGE_RUN payload and ZERO frame span. */
@@ -41,6 +55,8 @@ const MAX_SPARSE = 256;
 const MAX_SPARSE_BYTES = 2 * 1024 * 1024;
 /** Full-size PAGES buffers kept for reuse (4 KiB pages: 1 MiB each). */
 const SPARE_BUFFERS = 8;
+/** Most pages in one TRIMMED_RUN frame. */
+const MAX_TRIMMED = 256;
 /** Page data gathered under cork before it is let go (see flushIfLarge). */
 const FLUSH_BYTES = 1024 * 1024;
 
@@ -117,13 +133,17 @@ export class PageSender {
     if (!err && this.spare.length < SPARE_BUFFERS) this.spare.push(b);
   }
 
-  readonly stats: SendStats = { pagesNormal: 0, pagesZero: 0, dataBytes: 0 };
+  readonly stats: SendStats = { pagesNormal: 0, pagesZero: 0, dataBytes: 0, pagesTrimmed: 0, trimmedBytes: 0 };
   private ch: Channel;
   private readonly limiter: RateLimiter;
+  private readonly trim: boolean;
+  /** Kept units of the pages of the trimmed run being classified. */
+  private readonly kept = new Uint16Array(MAX_TRIMMED);
 
-  constructor(ch: Channel, limiter: RateLimiter) {
+  constructor(ch: Channel, limiter: RateLimiter, opts: PageSenderOptions = {}) {
     this.ch = ch;
     this.limiter = limiter;
+    this.trim = opts.trim ?? true;
   }
 
   /** Sends on `ch` from now on (postcopy recovery replaced the channel); the figures go on. */
@@ -215,6 +235,34 @@ export class PageSender {
         else this.flushIfLarge(bytes);
       }
     };
+    // Trimmed pages: one TRIMMED_RUN per run, at most MAX_TRIMMED pages (and 4 MiB) each.
+    const maxTrimmed = Math.min(MAX_TRIMMED, Math.floor(MAX_TRIMMED_RUN_BYTES / ps));
+    const trimFits = this.trim && ps <= MAX_TRIMMED_RUN_BYTES && 2 * maxTrimmed + (maxTrimmed * ps) / 2 <= fullBytes;
+    const units = ps / TRIM_UNIT;
+    const sendTrimmed = async (from: number, to: number): Promise<void> => {
+      const n = to - from;
+      let keptBytes = 0;
+      for (let i = 0; i < n; i++) keptBytes += this.kept[i]! * TRIM_UNIT;
+      const bytes = 2 * n + keptBytes;
+      await this.pace(bytes);
+      const full = this.takeSparse(fullBytes, bytes);
+      writeTrimmedRun(full, 0, buf, from * ps, ps, this.kept, n);
+      const back = full.length === fullBytes ? (err?: Error | null) => this.giveBack(full, err) : undefined;
+      const ok = this.ch.send({ type: MsgType.TRIMMED_RUN, block: block.name, pageSize: ps, offset: from * ps, count: n }, full.subarray(0, bytes), back);
+      this.stats.pagesNormal += n;
+      this.stats.pagesTrimmed += n;
+      this.stats.dataBytes += n * ps;
+      this.stats.trimmedBytes += bytes;
+      sent += n * ps;
+      if (!ok) await this.drain();
+      else this.flushIfLarge(bytes);
+    };
+    /** Page kinds while classifying: zero, data sent whole, data sent trimmed. */
+    const ZERO = 0;
+    const WHOLE = 1;
+    const TRIMMED = 2;
+    const kindOf = (k: number): number => (k === 0 ? ZERO : 2 * k > units ? WHOLE : TRIMMED);
+
     const addZero = async (from: number, to: number): Promise<void> => {
       const last = zeroRuns[zeroRuns.length - 1];
       if (last && last[0] + last[1] * ps === from * ps) last[1] += to - from;
@@ -233,12 +281,31 @@ export class PageSender {
       }
       // Populated: classify page by page until the next never-populated page.
       const limit = populated.nextClear(p, end);
+      if (!trimFits) {
+        while (p < limit) {
+          const isZero = zero.compare(buf, p * ps, (p + 1) * ps) === 0;
+          let q = p + 1;
+          while (q < limit && (zero.compare(buf, q * ps, (q + 1) * ps) === 0) === isZero) q++;
+          if (isZero) await addZero(p, q);
+          else await sendRun(p, q);
+          p = q;
+        }
+        continue;
+      }
       while (p < limit) {
-        const isZero = zero.compare(buf, p * ps, (p + 1) * ps) === 0;
-        let q = p + 1;
-        while (q < limit && (zero.compare(buf, q * ps, (q + 1) * ps) === 0) === isZero) q++;
-        if (isZero) await addZero(p, q);
-        else await sendRun(p, q);
+        let k = keptUnits(buf, p * ps, ps);
+        const kind = kindOf(k);
+        let q = p;
+        for (;;) {
+          if (kind === TRIMMED) this.kept[q - p] = k;
+          q++;
+          if (q >= limit || (kind === TRIMMED && q - p >= maxTrimmed)) break;
+          k = keptUnits(buf, q * ps, ps);
+          if (kindOf(k) !== kind) break;
+        }
+        if (kind === ZERO) await addZero(p, q);
+        else if (kind === WHOLE) await sendRun(p, q);
+        else await sendTrimmed(p, q);
         p = q;
       }
     }

@@ -1,11 +1,12 @@
 /**
  * PageSender over a real loopback channel: which frame each kind of page travels in (PAGE_RUN
- * for runs, PAGES for short scattered runs, ZERO for zero pages and never-populated ones), and
+ * for runs, PAGES for short scattered runs, TRIMMED_RUN for pages that end in zeros, ZERO for
+ * zero pages and never-populated ones), and
  * that a destination rebuilding memory from the frames gets the block byte for byte.
  */
 import { expect } from 'chai';
 import net from 'node:net';
-import { MsgType, payloadToBuffer, newMigrationId, type Frame } from '@livemig/protocol';
+import { MsgType, TRIM_UNIT, expandTrimmedRun, payloadToBuffer, newMigrationId, type Frame } from '@livemig/protocol';
 import { acceptChannel, connectChannel, type Channel } from '@livemig/transport';
 import { PageBitmap } from '../src/page-bitmap.js';
 import { RateLimiter } from '../src/rate-limiter.js';
@@ -53,6 +54,9 @@ function rebuild(ch: Channel, pages: number): { frames: Frame[]; memory: Buffer;
         memory.set(data.subarray(i * PS, (i + 1) * PS), off);
         pagesSeen.add(off / PS);
       });
+    } else if (m.type === MsgType.TRIMMED_RUN) {
+      expandTrimmedRun(payloadToBuffer(f.payload), m.count, PS, memory.subarray(m.offset, m.offset + m.count * PS));
+      for (let i = 0; i < m.count; i++) pagesSeen.add(m.offset / PS + i);
     } else if (m.type === MsgType.ZERO) {
       for (const [off, count] of m.runs) {
         memory.fill(0, off, off + count * PS);
@@ -168,5 +172,61 @@ describe('PageSender', function () {
     expect(runs.map((f) => (f.msg as { offset: number }).offset)).to.deep.equal([100 * PS]);
     expect(seen.frames.filter((f) => f.msg.type === MsgType.ZERO).every((f) => f.payload.length === 0)).to.equal(true);
     expect(sender.stats).to.deep.include({ pagesNormal: 200, pagesZero: pages - 200 });
+  });
+
+  /** A block of `pages` pages: page p has data up to byte `end(p)` (exclusive; 0 = a zero page). */
+  function ending(pages: number, end: (p: number) => number): SendBlock {
+    const buffer = Buffer.alloc(pages * PS);
+    for (let p = 0; p < pages; p++) if (end(p) > 0) buffer.fill((p % 251) + 1, p * PS, p * PS + end(p));
+    return { name: 'ram0', pageSize: PS, pages, buffer, populated: new PageBitmap(pages, true) };
+  }
+
+  it('pages that end in zeros travel trimmed (TRIMMED_RUN) with only their kept units, and arrive byte for byte', async () => {
+    const { out, in: inn } = await pair();
+    const pages = 1024;
+    // One data byte a page (the ab guest's pages), 100 bytes, half a page: all trimmed.
+    const b = ending(pages, (p) => [1, 100, PS / 2][p % 3]!);
+    const seen = rebuild(inn, pages);
+    const sender = new PageSender(out, new RateLimiter());
+    const sent = await sender.sendRange(b, 0, pages);
+    await until(() => seen.pagesSeen.size === pages, 'every page');
+    expect(seen.memory.equals(b.buffer), 'rebuilt memory').to.equal(true);
+    expect(seen.frames.every((f) => f.msg.type === MsgType.TRIMMED_RUN), 'only TRIMMED_RUN frames').to.equal(true);
+    const keptBytes = Array.from({ length: pages }, (_, p) => [1, 2, PS / 2 / TRIM_UNIT][p % 3]! * TRIM_UNIT).reduce((a, n) => a + n, 0);
+    const payload = seen.frames.reduce((a, f) => a + f.payload.length, 0);
+    expect(payload).to.equal(2 * pages + keptBytes);
+    expect(sender.stats).to.deep.include({ pagesNormal: pages, pagesTrimmed: pages, trimmedBytes: payload, dataBytes: pages * PS });
+    expect(sent, 'a trimmed page counts whole').to.equal(pages * PS);
+    for (const f of seen.frames) expect((f.msg as { count: number }).count).to.be.at.most(256);
+  });
+
+  it('a range mixing whole, trimmed and zero pages is split by kind and arrives byte for byte', async () => {
+    const { out, in: inn } = await pair();
+    const pages = 2048;
+    // 40 pages ending in data, 30 ending in zeros after 64 bytes, 20 zero pages, repeated;
+    // a page ending past its middle goes whole.
+    const b = ending(pages, (p) => (p % 90 < 40 ? PS : p % 90 < 70 ? (p % 2 ? 64 : PS / 2 + 1) : 0));
+    const seen = rebuild(inn, pages);
+    const sender = new PageSender(out, new RateLimiter());
+    await sender.sendRange(b, 0, pages);
+    await until(() => seen.pagesSeen.size === pages, 'every page');
+    expect(seen.memory.equals(b.buffer), 'rebuilt memory').to.equal(true);
+    const types = new Set(seen.frames.map((f) => f.msg.type));
+    expect([...types].sort()).to.deep.equal([MsgType.PAGES, MsgType.PAGE_RUN, MsgType.ZERO, MsgType.TRIMMED_RUN].sort());
+    const trimmed = Array.from({ length: pages }, (_, p) => p % 90 >= 40 && p % 90 < 70 && p % 2 === 1).filter(Boolean).length;
+    expect(sender.stats.pagesTrimmed).to.equal(trimmed);
+  });
+
+  it('with trim: false every data page travels whole', async () => {
+    const { out, in: inn } = await pair();
+    const pages = 512;
+    const b = ending(pages, () => 1);
+    const seen = rebuild(inn, pages);
+    const sender = new PageSender(out, new RateLimiter(), { trim: false });
+    await sender.sendRange(b, 0, pages);
+    await until(() => seen.pagesSeen.size === pages, 'every page');
+    expect(seen.memory.equals(b.buffer), 'rebuilt memory').to.equal(true);
+    expect(seen.frames.map((f) => f.msg.type)).to.deep.equal([MsgType.PAGE_RUN, MsgType.PAGE_RUN]);
+    expect(sender.stats.pagesTrimmed).to.equal(0);
   });
 });

@@ -16,6 +16,8 @@ export interface RamReport {
   pagesNormal: number;
   /** Pages sent as zero runs (no payload). */
   pagesZero: number;
+  /** Of pagesNormal, the pages sent without their trailing zero bytes (TRIMMED_RUN). */
+  pagesTrimmed: number;
   precopyBytes: number;
   postcopyBytes: number;
   /** Wire rate over the whole migration (transferredBytes / totalTimeMs), megabits per second. */
@@ -131,7 +133,7 @@ export interface MigrationReport {
 }
 
 export function emptyRamReport(totalBytes = 0): RamReport {
-  return { totalBytes, transferredBytes: 0, pagesNormal: 0, pagesZero: 0, precopyBytes: 0, postcopyBytes: 0, mbps: 0 };
+  return { totalBytes, transferredBytes: 0, pagesNormal: 0, pagesZero: 0, pagesTrimmed: 0, precopyBytes: 0, postcopyBytes: 0, mbps: 0 };
 }
 
 /** Megabits per second for `bytes` moved in `ms` milliseconds. */

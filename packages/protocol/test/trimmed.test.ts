@@ -1,0 +1,103 @@
+// The trimmed page (TRIMMED_RUN): how much of a page the source keeps, the payload it writes,
+// and the destination's checks and fill-out.
+import { expect } from 'chai';
+import { ProtocolError, TRIM_UNIT, clearTrimmedRun, expandTrimmedRun, keptUnits, writeTrimmedRun } from '@livemig/protocol';
+import { expectProtocolError, pattern } from './helpers.js';
+
+const PS = 4096;
+
+/** A page whose last non-zero byte is at `last` (-1: a zero page). */
+function pageEndingAt(last: number, pageSize = PS): Buffer {
+  const p = Buffer.alloc(pageSize);
+  if (last >= 0) {
+    p[0] = 1;
+    p[last] = 0xa5;
+  }
+  return p;
+}
+
+describe('trimmed pages: keptUnits', () => {
+  it('keeps nothing of a zero page', () => {
+    expect(keptUnits(pageEndingAt(-1), 0, PS)).to.equal(0);
+  });
+
+  it('keeps the whole page when its last bytes are not zero', () => {
+    expect(keptUnits(pageEndingAt(PS - 1), 0, PS)).to.equal(PS / TRIM_UNIT);
+  });
+
+  it('keeps exactly the units up to the last non-zero byte, for every such byte position up to half the page', () => {
+    for (let last = 0; last < PS / 2; last += 7) {
+      expect(keptUnits(pageEndingAt(last), 0, PS), `last non-zero byte at ${last}`).to.equal(Math.floor(last / TRIM_UNIT) + 1);
+    }
+  });
+
+  it('keeps the whole page when more than half of it would be kept', () => {
+    expect(keptUnits(pageEndingAt(PS / 2), 0, PS)).to.equal(PS / TRIM_UNIT);
+    expect(keptUnits(pageEndingAt(PS - 5), 0, PS)).to.equal(PS / TRIM_UNIT);
+  });
+
+  it('reads the page at the offset given, not its neighbours', () => {
+    const buf = Buffer.concat([pattern(PS), pageEndingAt(100), pattern(PS, 9)]);
+    expect(keptUnits(buf, PS, PS)).to.equal(2);
+  });
+
+  it('measures pages larger than 4 KiB', () => {
+    const ps = 2 * 1024 * 1024;
+    expect(keptUnits(pageEndingAt(300_000, ps), 0, ps)).to.equal(Math.floor(300_000 / TRIM_UNIT) + 1);
+  });
+});
+
+describe('trimmed pages: payload', () => {
+  const pages = Buffer.concat([pageEndingAt(10), pageEndingAt(-1), pageEndingAt(200), pageEndingAt(2000)]);
+  const kept = [0, 0, 0, 0].map((_, i) => keptUnits(pages, i * PS, PS));
+
+  function payloadOf(): Buffer {
+    const dst = Buffer.alloc(2 * 4 + 4 * PS);
+    const n = writeTrimmedRun(dst, 0, pages, 0, PS, kept, 4);
+    return dst.subarray(0, n);
+  }
+
+  it('writes a u16 table of kept units and then only the kept bytes', () => {
+    const p = payloadOf();
+    expect(kept).to.deep.equal([1, 0, 4, 32]);
+    expect([0, 1, 2, 3].map((i) => p.readUInt16LE(2 * i))).to.deep.equal(kept);
+    expect(p.length).to.equal(8 + (1 + 0 + 4 + 32) * TRIM_UNIT);
+  });
+
+  it('fills the pages out again byte for byte, over whatever the buffer held', () => {
+    const out = Buffer.alloc(4 * PS, 0xee);
+    expandTrimmedRun(payloadOf(), 4, PS, out);
+    expect(out.equals(pages)).to.equal(true);
+  });
+
+  it('into a zero buffer writes only the kept bytes, and clearTrimmedRun makes it zero again', () => {
+    const out = Buffer.alloc(4 * PS);
+    const p = payloadOf();
+    expandTrimmedRun(p, 4, PS, out, true);
+    expect(out.equals(pages)).to.equal(true);
+    clearTrimmedRun(p, 4, PS, out);
+    expect(out.equals(Buffer.alloc(4 * PS))).to.equal(true);
+  });
+
+  it('refuses a table entry larger than a page, naming the page, and writes nothing', () => {
+    const p = Buffer.from(payloadOf());
+    p.writeUInt16LE(PS / TRIM_UNIT + 1, 2 * 2);
+    const out = Buffer.alloc(4 * PS, 0xee);
+    expectProtocolError(() => expandTrimmedRun(p, 4, PS, out), 'RANGE', 'TRIMMED_RUN: page 2 keeps 65 units of 64 bytes, more than its 4096-byte page');
+    expect(out.every((b) => b === 0xee)).to.equal(true);
+  });
+
+  it('refuses a table whose sum is not what the payload carries', () => {
+    const p = Buffer.from(payloadOf());
+    p.writeUInt16LE(2, 0);
+    expectProtocolError(() => expandTrimmedRun(p, 4, PS, Buffer.alloc(4 * PS)), 'MALFORMED', 'TRIMMED_RUN: the table keeps 2432 bytes, the payload carries 2368 after it');
+  });
+
+  it('refuses a payload shorter than its table', () => {
+    expectProtocolError(() => expandTrimmedRun(Buffer.alloc(3), 2, PS, Buffer.alloc(2 * PS)), 'TRUNCATED', 'shorter than the 4-byte table of 2 pages');
+  });
+
+  it('refuses an output buffer smaller than the pages', () => {
+    expect(() => expandTrimmedRun(payloadOf(), 4, PS, Buffer.alloc(3 * PS))).to.throw(ProtocolError, '12288-byte buffer for 4 pages');
+  });
+});
