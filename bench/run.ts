@@ -36,6 +36,6 @@ if (want('migration')) {
   console.log(`\n== migration over loopback, two processes, median of ${runs}, ${cold ? 'cold memory (--cold)' : 'host-backed memory (see bench/migration.ts)'} ==`);
   const r = await runMigrationBench({ runs, only: opt('--scenarios')?.split(','), cold });
   printMigrationTable(r);
-  all.migration = r.map((x) => ({ name: x.name, runs: x.runs, median: x.median }));
+  all.migration = r.map((x) => ({ name: x.name, runs: x.runs, postcopyRuns: x.postcopyRuns, median: x.median }));
 }
 console.log(JSON.stringify(all));

@@ -244,9 +244,10 @@ export class PageSender {
       let keptBytes = 0;
       for (let i = 0; i < n; i++) keptBytes += this.kept[i]! * TRIM_UNIT;
       const bytes = 2 * n + keptBytes;
-      await this.pace(bytes);
+      // Copied before any wait: the kept lengths were measured just now (this.kept is reused).
       const full = this.takeSparse(fullBytes, bytes);
       writeTrimmedRun(full, 0, buf, from * ps, ps, this.kept, n);
+      await this.pace(bytes);
       const back = full.length === fullBytes ? (err?: Error | null) => this.giveBack(full, err) : undefined;
       const ok = this.ch.send({ type: MsgType.TRIMMED_RUN, block: block.name, pageSize: ps, offset: from * ps, count: n }, full.subarray(0, bytes), back);
       this.stats.pagesNormal += n;

@@ -42,7 +42,7 @@ afterEach(async () => {
   await Promise.all(machines.splice(0).map((m) => m.destroy()));
 });
 
-async function fakeDest(behaviour: Behaviour): Promise<FakeDest> {
+async function fakeDest(behaviour: Behaviour, opts: { pong?: (id: number, ch: Channel) => void } = {}): Promise<FakeDest> {
   const server = net.createServer({ pauseOnConnect: true });
   servers.push(server);
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
@@ -63,7 +63,10 @@ async function fakeDest(behaviour: Behaviour): Promise<FakeDest> {
       channel.setHandler((f) => {
         dest.types.push(f.msg.type);
         // Every livemig destination answers PING (the source checks it caught up before stopping).
-        if (f.msg.type === MsgType.PING) channel.send({ type: MsgType.PONG, id: f.msg.id });
+        if (f.msg.type === MsgType.PING) {
+          if (opts.pong) opts.pong(f.msg.id, channel);
+          else channel.send({ type: MsgType.PONG, id: f.msg.id });
+        }
         if (f.msg.type === MsgType.SETUP) dest.setup = f.msg;
         if (f.msg.type === MsgType.PAGE_RUN || f.msg.type === MsgType.PAGES) dest.pageBytes += f.payload.length;
         return behaviour(f, channel, dest);
@@ -155,6 +158,33 @@ describe('OutgoingMigration', function () {
     expect(r.ram.pagesNormal + r.ram.pagesZero).to.be.at.least(1024);
     expect(m.running, 'the source guest stays stopped after a completed migration').to.equal(false);
     expectRamUntracked(m);
+  });
+
+  it('in precopy, the page data sent past the destination\'s last PONG stays within 64 MiB (and one batch): the source waits for it', async function () {
+    this.timeout(20_000);
+    const m = await Machine.create({ guest: 'ab', vcpus: 1, ram: 256 * MiB });
+    machines.push(m);
+    const ram = m.block('ram0').bytes();
+    for (let off = 4095; off < ram.length; off += 4096) ram[off] = 0x5a; // whole pages
+    await m.start({ fresh: true });
+    // Reads every frame at once, but answers no PING until told.
+    const held: Array<[number, Channel]> = [];
+    let holding = true;
+    const dest = await fakeDest(working, {
+      pong: (id, ch) => {
+        if (holding) held.push([id, ch]);
+        else ch.send({ type: MsgType.PONG, id });
+      },
+    });
+    const run = new OutgoingMigration(m, { to: dest.address, downtimeLimitMs: 1000 }).run();
+    await sleep(1500);
+    const whileHeld = dest.pageBytes;
+    expect(whileHeld, 'page data before the first PONG').to.be.within(64 * MiB, 68 * MiB);
+    holding = false;
+    for (const [id, ch] of held.splice(0)) ch.send({ type: MsgType.PONG, id });
+    const r = await run;
+    expect(r.status, r.error).to.equal('completed');
+    expect(dest.pageBytes).to.be.at.least(256 * MiB);
   });
 
   it('a destination answering SETUP with an ERROR frame makes run() resolve failed with its reason, before any page, guest running', async () => {
