@@ -38,6 +38,7 @@ import { PageSender, type SendBlock } from './page-sender.js';
 import { RateLimiter } from './rate-limiter.js';
 import { DirtySync, type DirtyMethod } from './dirty-sync.js';
 import { PostcopyServer } from './postcopy-server.js';
+import { PlaceWindow } from './place-window.js';
 import { PreemptThread } from './preempt-thread.js';
 import type { SourceMachine } from './source-machine.js';
 
@@ -736,7 +737,7 @@ export class OutgoingMigration {
         b.dirty.clearRange(p, end);
         b.sent.setRange(p, end);
         bytes += await sender.sendRange(b, p, end - p);
-        if (turns) await this.keepWindow(sender.stats.dataBytes);
+        if (turns) await this.precopyWindow.keep(sender.stats.dataBytes);
         // Frames from the destination (PONG, SHUT) and control commands are read in the I/O phase.
         if (turns) await turnEventLoop();
         p = b.dirty.nextSet(end);
@@ -747,38 +748,20 @@ export class OutgoingMigration {
 
   private pingId = 0;
 
-  /** PINGs marking how much page data (sender.stats.dataBytes) was sent before each. */
-  private readonly windowPings: Array<{ id: number; mark: number; pong: Promise<Frame>; answered: boolean }> = [];
-  /** Page data the destination has placed, as far as its PONGs tell. */
-  private windowPlaced = 0;
+  /** Sends a PING and resolves with its PONG (a place window's marker). */
+  private readonly windowPing = (): Promise<Frame> => {
+    const id = ++this.pingId;
+    const pong = reply(this.pongWaiters, id, 'PING');
+    pong.then(
+      () => this.pongReadAt.delete(id),
+      () => undefined,
+    );
+    this.ch!.send({ type: MsgType.PING, id });
+    return pong;
+  };
 
-  /**
-   * Keeps the page data the destination may not have placed yet under PRECOPY_WINDOW_BYTES
-   * (`sent`: all page data sent so far). A PING goes out every quarter window; the destination
-   * answers it once it has handled every frame before it. Past the window, waits for the oldest
-   * answer still due.
-   */
-  private async keepWindow(sent: number): Promise<void> {
-    const last = this.windowPings[this.windowPings.length - 1];
-    if (sent - (last?.mark ?? this.windowPlaced) >= PRECOPY_WINDOW_BYTES / 4) {
-      const id = ++this.pingId;
-      const entry = { id, mark: sent, pong: reply(this.pongWaiters, id, 'PING'), answered: false };
-      entry.pong.then(
-        () => {
-          entry.answered = true;
-          this.pongReadAt.delete(id);
-        },
-        () => undefined, // awaited below when it matters; a failed migration fails elsewhere too
-      );
-      this.ch!.send({ type: MsgType.PING, id });
-      this.windowPings.push(entry);
-    }
-    while (this.windowPings.length > 0 && (this.windowPings[0]!.answered || sent - this.windowPlaced > PRECOPY_WINDOW_BYTES)) {
-      const e = this.windowPings.shift()!;
-      if (!e.answered) await this.race(e.pong);
-      this.windowPlaced = e.mark;
-    }
-  }
+  /** Precopy: how far the source may run ahead of the destination's placing (PRECOPY_WINDOW_BYTES). */
+  private readonly precopyWindow = new PlaceWindow(PRECOPY_WINDOW_BYTES, this.windowPing, (p) => this.race(p));
 
   /**
    * PING the destination and wait for its PONG: it has processed every frame sent before
