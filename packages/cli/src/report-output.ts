@@ -13,7 +13,7 @@ export function printReport(report: MigrationReport, json: boolean): void {
   const lines = [
     `${report.role}: migration ${report.status} (${report.mode}, guest ${report.guest.kind}, ${report.guest.vcpus} vCPUs)`,
     `  total ${report.totalTimeMs} ms, setup ${report.setupTimeMs} ms, downtime ${report.downtimeMs} ms, ${report.precopyRounds} precopy rounds`,
-    `  RAM ${formatBytes(report.ram.totalBytes)}: ${formatBytes(report.ram.transferredBytes)} on the wire, ${report.ram.pagesNormal} pages with data, ${report.ram.pagesZero} zero pages, ${report.ram.mbps} Mbit/s`,
+    `  RAM ${formatBytes(report.ram.totalBytes)}: ${formatBytes(report.ram.transferredBytes)} on the wire, ${report.ram.pagesNormal} pages with data${report.ram.pagesTrimmed ? ` (${report.ram.pagesTrimmed} trimmed)` : ''}, ${report.ram.pagesZero} zero pages, ${report.ram.mbps} Mbit/s`,
   ];
   if (report.integrity) {
     const i = report.integrity;
