@@ -3,7 +3,7 @@
 //
 //   node --import tsx bench/run.ts [--only protocol,uffd,migration] [--runs N] [--scenarios a,b] [--cold]
 import { runProtocolBench, printTable as printProtocol } from './protocol.js';
-import { runUffdBench } from './uffd.js';
+import { printPlaceAfterDiscard, runUffdBench } from './uffd.js';
 import { runMigrationBench, printMigrationTable } from './migration.js';
 
 const args = process.argv.slice(2);
@@ -23,12 +23,13 @@ if (want('protocol')) {
   all.protocol = r;
 }
 if (want('uffd')) {
-  console.log('\n== uffd: fault round trip and UFFDIO_COPY ==');
+  console.log('\n== uffd: fault round trip, UFFDIO_COPY, placing after a discard ==');
   const r = await runUffdBench();
   const rt = r.faultRoundTrip;
   console.log(`fault round trip, handler worker in poll(): p50 ${rt.handlerWorker.p50Us.toFixed(1)} µs, p99 ${rt.handlerWorker.p99Us.toFixed(1)} µs`);
   console.log(`fault round trip, handler on the main loop:  p50 ${rt.mainLoop.p50Us.toFixed(1)} µs, p99 ${rt.mainLoop.p99Us.toFixed(1)} µs`);
   for (const [k, c] of Object.entries(r.copy)) console.log(`UFFDIO_COPY ${k} per ioctl: ${c.gbPerS.toFixed(2)} GB/s, ${c.usPerCall.toFixed(2)} µs a call`);
+  printPlaceAfterDiscard(r.placeAfterDiscard);
   all.uffd = r;
 }
 if (want('migration')) {

@@ -2,13 +2,18 @@
  * bench/uffd.ts — userfaultfd figures on this host: the fault round trip (a worker faults, the
  * handler — another worker blocked in poll(), or the main loop through watchFd — reads the
  * message and places the page with UFFDIO_COPY, the worker resumes), p50/p99; and UFFDIO_COPY
- * throughput at 4 KiB and 1 MiB per ioctl. `runUffdBench()` returns the figures; run this file
+ * throughput at 4 KiB and 1 MiB per ioctl; and placing pages again after a postcopy discard two
+ * ways (`placeAfterDiscard`): anonymous memory, dropped with MADV_DONTNEED and placed with
+ * UFFDIO_COPY (what the destination does today: each page is allocated again), against a memfd
+ * registered for minor faults whose registered view alone is dropped (the page cache keeps the
+ * pages), the data written through a second mapping, then UFFDIO_CONTINUE. `runUffdBench()`
+ * returns the figures; run this file
  * directly (`npx tsx bench/uffd.ts`, after `npx tsc -b packages/uffd`) to print them.
  */
 import { Worker } from 'node:worker_threads';
 import { pathToFileURL } from 'node:url';
 import {
-  HOST_PAGE_SIZE, Userfaultfd, bufferAddress, createEventfd, faultAddress, mapAnonymous, watchFd,
+  HOST_PAGE_SIZE, Userfaultfd, bufferAddress, createEventfd, createMemfd, faultAddress, mapAnonymous, mapShared, watchFd,
 } from '../packages/uffd/dist/index.js';
 
 const PS = HOST_PAGE_SIZE;
@@ -16,9 +21,12 @@ const SUPPORT = new URL('../packages/uffd/dist/test-support/', import.meta.url);
 
 export interface LatencyFigures { n: number; p50Us: number; p99Us: number; meanUs: number }
 export interface CopyFigures { bytes: number; perCall: number; calls: number; gbPerS: number; usPerCall: number }
+export interface PlaceFigures { bytes: number; usPerPage: number; gbPerS: number }
 export interface UffdBenchResult {
   faultRoundTrip: { handlerWorker: LatencyFigures; mainLoop: LatencyFigures };
   copy: { '4KiB': CopyFigures; '1MiB': CopyFigures };
+  /** Placing every page again after a discard, 1 MiB at a time (see the header). */
+  placeAfterDiscard: { anonCopy: PlaceFigures; memfdWriteContinue: PlaceFigures; memfdContinueOnly: PlaceFigures };
 }
 
 export interface UffdBenchOptions {
@@ -122,6 +130,59 @@ function copyThroughput(bytes: number, perCall: number): CopyFigures {
   }
 }
 
+function placeFigures(bytes: number, ns: bigint): PlaceFigures {
+  const s = Number(ns) / 1e9;
+  return { bytes, usPerPage: (s * 1e6) / (bytes / PS), gbPerS: bytes / s / 1e9 };
+}
+
+/** Placing `bytes` again after a discard, anonymous + UFFDIO_COPY against memfd + UFFDIO_CONTINUE. */
+function placeAfterDiscard(bytes: number): UffdBenchResult['placeAfterDiscard'] {
+  const MiB = 1 << 20;
+  const src = Buffer.alloc(MiB);
+  for (let i = 0; i < MiB; i += PS) src[i] = 7; // one byte a page, like the ab guest
+  const srcAddr = bufferAddress(src);
+  let anonCopy: PlaceFigures;
+  {
+    const m = mapAnonymous(bytes, { name: 'anon place bench' });
+    const u = new Userfaultfd();
+    try {
+      u.register(m.addr, bytes, { missing: true }, 'anon place bench');
+      for (let o = 0; o < bytes; o += MiB) u.copy(m.addr + o, srcAddr, MiB, 0, 'anon place bench');
+      m.madvise('dontneed'); // the discard: the pages are freed
+      const t0 = process.hrtime.bigint();
+      for (let o = 0; o < bytes; o += MiB) u.copy(m.addr + o, srcAddr, MiB, 0, 'anon place bench');
+      anonCopy = placeFigures(bytes, process.hrtime.bigint() - t0);
+    } finally {
+      u.close();
+      m.unmap();
+    }
+  }
+  const m = createMemfd(bytes, { name: 'memfd place bench' });
+  const alias = mapShared(m.fd!, bytes, { name: 'memfd place bench alias' });
+  const u = new Userfaultfd();
+  try {
+    const view = Buffer.from(alias.view());
+    view.fill(1); // in the page cache
+    u.register(m.addr, bytes, { minor: true }, 'memfd place bench');
+    m.madvise('dontneed'); // the discard: the registered view's PTEs go, the page cache stays
+    let t0 = process.hrtime.bigint();
+    for (let o = 0; o < bytes; o += MiB) {
+      view.set(src, o);
+      u.continue(m.addr + o, MiB, 0, 'memfd place bench');
+    }
+    const memfdWriteContinue = placeFigures(bytes, process.hrtime.bigint() - t0);
+    m.madvise('dontneed');
+    t0 = process.hrtime.bigint();
+    for (let o = 0; o < bytes; o += MiB) u.continue(m.addr + o, MiB, 0, 'memfd place bench');
+    const memfdContinueOnly = placeFigures(bytes, process.hrtime.bigint() - t0);
+    return { anonCopy, memfdWriteContinue, memfdContinueOnly };
+  } finally {
+    u.close();
+    alias.unmap();
+    m.unmap();
+  }
+}
+
 export async function runUffdBench(opts: UffdBenchOptions = {}): Promise<UffdBenchResult> {
   const faults = opts.faults ?? 2000;
   const copyBytes = opts.copyBytes ?? 256 << 20;
@@ -130,7 +191,16 @@ export async function runUffdBench(opts: UffdBenchOptions = {}): Promise<UffdBen
   return {
     faultRoundTrip: { handlerWorker, mainLoop },
     copy: { '4KiB': copyThroughput(copyBytes, 4096), '1MiB': copyThroughput(copyBytes, 1 << 20) },
+    placeAfterDiscard: placeAfterDiscard(copyBytes),
   };
+}
+
+/** The placing-after-discard lines of the table. */
+export function printPlaceAfterDiscard(p: UffdBenchResult['placeAfterDiscard']): void {
+  const line = (what: string, f: PlaceFigures): string => `place after discard, ${what}: ${f.usPerPage.toFixed(2)} µs a page (${f.gbPerS.toFixed(2)} GB/s)`;
+  console.log(line('anonymous, UFFDIO_COPY (today)', p.anonCopy));
+  console.log(line('memfd, write + UFFDIO_CONTINUE', p.memfdWriteContinue));
+  console.log(line('memfd, UFFDIO_CONTINUE only', p.memfdContinueOnly));
 }
 
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
@@ -142,5 +212,6 @@ if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) 
   for (const [k, c] of Object.entries(r.copy)) {
     console.log(`UFFDIO_COPY ${k} per ioctl: ${c.gbPerS.toFixed(2)} GB/s, ${c.usPerCall.toFixed(2)} µs per call (${c.calls} calls)`);
   }
+  printPlaceAfterDiscard(r.placeAfterDiscard);
   console.log(JSON.stringify(r));
 }
