@@ -748,20 +748,24 @@ export class OutgoingMigration {
 
   private pingId = 0;
 
-  /** Sends a PING and resolves with its PONG (a place window's marker). */
-  private readonly windowPing = (): Promise<Frame> => {
+  /**
+   * Sends a PING (with `ready`: answer once the guest could start at once). `answer` resolves
+   * with the PONG and when the read that brought it happened (this clock).
+   */
+  private ping(ready = false): { sentAt: number; answer: Promise<{ frame: Frame; readAt: number }> } {
     const id = ++this.pingId;
-    const pong = reply(this.pongWaiters, id, 'PING');
-    pong.then(
-      () => this.pongReadAt.delete(id),
-      () => undefined,
-    );
-    this.ch!.send({ type: MsgType.PING, id });
-    return pong;
-  };
+    const answer = reply(this.pongWaiters, id, 'PING').then((frame) => {
+      const readAt = this.pongReadAt.get(id) ?? performance.now();
+      this.pongReadAt.delete(id);
+      return { frame, readAt };
+    });
+    const sentAt = performance.now();
+    this.ch!.send(ready ? { type: MsgType.PING, id, ready: true } : { type: MsgType.PING, id });
+    return { sentAt, answer };
+  }
 
   /** Precopy: how far the source may run ahead of the destination's placing (PRECOPY_WINDOW_BYTES). */
-  private readonly precopyWindow = new PlaceWindow(PRECOPY_WINDOW_BYTES, this.windowPing, (p) => this.race(p));
+  private readonly precopyWindow = new PlaceWindow(PRECOPY_WINDOW_BYTES, () => this.ping().answer, (p) => this.race(p));
 
   /**
    * PING the destination and wait for its PONG: it has processed every frame sent before
@@ -770,14 +774,9 @@ export class OutgoingMigration {
    */
   private async roundTrip(opts: { ready?: boolean } = {}): Promise<number> {
     this.checkAbort();
-    const id = ++this.pingId;
-    const pong = reply(this.pongWaiters, id, 'PING');
-    const sentAt = performance.now();
-    this.ch!.send(opts.ready ? { type: MsgType.PING, id, ready: true } : { type: MsgType.PING, id });
-    const f = await this.race(pong);
-    const clockUs = (f.msg as { clockUs?: number }).clockUs;
-    const readAt = this.pongReadAt.get(id) ?? performance.now();
-    this.pongReadAt.delete(id);
+    const { sentAt, answer } = this.ping(opts.ready);
+    const { frame, readAt } = await this.race(answer);
+    const clockUs = (frame.msg as { clockUs?: number }).clockUs;
     const rttMs = readAt - sentAt;
     // The answer was made halfway through the round trip, as far as this end can tell; the
     // shortest round trip bounds that guess best.
