@@ -26,6 +26,7 @@ import {
 import {
   acceptChannel,
   emptyRamReport,
+  DEFAULT_POSTCOPY_QUEUE_BYTES,
   formatEndpoint,
   mbps,
   parseEndpoint,
@@ -138,8 +139,6 @@ function clockUs(at = performance.now()): number {
   return Math.round(at * 1000);
 }
 
-/** Default of IncomingOptions.postcopyQueueBytes. */
-const DEFAULT_POSTCOPY_QUEUE_BYTES = 1024 * 1024;
 /** vCPU threads started ahead by default (see IncomingOptions.spareVcpus). */
 const DEFAULT_SPARE_VCPUS = 2;
 
@@ -873,20 +872,11 @@ class IncomingSession {
   /** The main channel's receive queue in postcopy, as bounded by boundMainQueue (bytes). */
   private mainQueueBytes: number | undefined;
 
-  /**
-   * Postcopy without a preempt channel: requested pages share the main channel with the
-   * background stream, so its kernel receive queue is bounded (`postcopyQueueBytes`). A socket
-   * that refuses only costs latency: traced, not fatal.
-   */
+  /** Postcopy without a preempt channel: bounds the main channel's kernel receive queue (`postcopyQueueBytes`). */
   private boundMainQueue(): void {
-    const bytes = this.opts.postcopyQueueBytes ?? DEFAULT_POSTCOPY_QUEUE_BYTES;
-    if (this.preemptWanted || bytes <= 0 || !this.ch) return;
-    try {
-      const r = this.ch.limitKernelQueues({ receiveBytes: bytes });
-      if (r) this.mainQueueBytes = r.receiveBytes;
-    } catch (e) {
-      trace('dest', `main channel queue left as it is: ${(e as Error).message}`);
-    }
+    if (this.preemptWanted || !this.ch) return;
+    const r = this.ch.boundPostcopyQueue('receive', this.opts.postcopyQueueBytes ?? DEFAULT_POSTCOPY_QUEUE_BYTES);
+    if (r !== undefined) this.mainQueueBytes = r;
   }
 
   /** Start the guest while pages are still missing; confirm so the source can measure downtime. */

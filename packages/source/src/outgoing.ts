@@ -21,6 +21,7 @@ import {
   LINK_DEAD,
   LINK_PAUSED,
   emptyRamReport,
+  DEFAULT_POSTCOPY_QUEUE_BYTES,
   mbps,
   parseEndpoint,
   type Channel,
@@ -158,8 +159,6 @@ export interface BlockState extends SendBlock {
 const ACK_TIMEOUT_MS = 30_000;
 /** Round trips just before the stop, for the offset between the two ends' clocks. */
 const CLOCK_PINGS = 3;
-/** Default of OutgoingOptions.postcopyQueueBytes. */
-const DEFAULT_POSTCOPY_QUEUE_BYTES = 1024 * 1024;
 /**
  * Precopy: page data (trimmed pages counted whole) sent but maybe not placed yet by the
  * destination, past which the source waits for it. The kernel's socket queues bound bytes on
@@ -837,20 +836,11 @@ export class OutgoingMigration {
   /** The main channel's send queue in postcopy, as bounded by boundMainQueue (bytes). */
   private mainQueueBytes: number | undefined;
 
-  /**
-   * Postcopy without a preempt channel: requested pages share the main channel with the
-   * background stream, so its kernel send queue is bounded (`postcopyQueueBytes`). A socket
-   * that refuses only costs latency: traced, not fatal.
-   */
+  /** Postcopy without a preempt channel: bounds the main channel's kernel send queue (`postcopyQueueBytes`). */
   private boundMainQueue(ch: Channel): void {
-    const bytes = this.opts.postcopyQueueBytes ?? DEFAULT_POSTCOPY_QUEUE_BYTES;
-    if (this.preempt || bytes <= 0) return;
-    try {
-      const r = ch.limitKernelQueues({ sendBytes: bytes });
-      if (r) this.mainQueueBytes = r.sendBytes;
-    } catch (e) {
-      trace('source', `main channel queue left as it is: ${(e as Error).message}`);
-    }
+    if (this.preempt) return;
+    const r = ch.boundPostcopyQueue('send', this.opts.postcopyQueueBytes ?? DEFAULT_POSTCOPY_QUEUE_BYTES);
+    if (r !== undefined) this.mainQueueBytes = r;
   }
 
   /** Makes `ch` the main channel: return-path frames, loss handling, keepalive. */

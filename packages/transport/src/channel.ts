@@ -23,6 +23,13 @@ import {
 } from '@livemig/protocol';
 import { SOL_SOCKET, SO_RCVBUF, SO_SNDBUF, getSocketInt, setSocketInt } from '@livemig/uffd';
 import { moveToReadRing } from './ring-socket.js';
+import { trace } from './trace.js';
+
+/**
+ * Default bound of a postcopy main channel's kernel queue at each end, without a preempt
+ * channel (`boundPostcopyQueue`; the sources' and destinations' `postcopyQueueBytes`).
+ */
+export const DEFAULT_POSTCOPY_QUEUE_BYTES = 1024 * 1024;
 
 export type FrameHandler = (frame: Frame) => void | Promise<void>;
 
@@ -114,6 +121,24 @@ export class Channel {
   /** The error that closed the channel, if any. */
   get error(): Error | null {
     return this.closedError;
+  }
+
+  /**
+   * Postcopy without a preempt channel: requested pages share the main channel with the
+   * background stream and wait behind what its kernel queues hold, so each end bounds its own
+   * (the source its send queue, `'send'`; the destination its receive queue, `'receive'`) to
+   * `bytes` (0: left to the kernel). Returns the size the kernel reports, or undefined when
+   * left alone or refused: a refusal only costs latency, so it is traced, not thrown.
+   */
+  boundPostcopyQueue(direction: 'send' | 'receive', bytes: number): number | undefined {
+    if (bytes <= 0) return undefined;
+    try {
+      const r = this.limitKernelQueues(direction === 'send' ? { sendBytes: bytes } : { receiveBytes: bytes });
+      return r ? (direction === 'send' ? r.sendBytes : r.receiveBytes) : undefined;
+    } catch (e) {
+      trace(direction === 'send' ? 'source' : 'dest', `main channel queue left as it is: ${(e as Error).message}`);
+      return undefined;
+    }
   }
 
   /**

@@ -10,7 +10,7 @@ import { Duplex } from 'node:stream';
 import { createHash } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { MsgType, PROTOCOL_VERSION, ProtocolError, encodeFrame, encodeHello, newMigrationId, payloadToBuffer, type Frame } from '@livemig/protocol';
-import { Channel, acceptChannel, connectChannel } from '@livemig/transport';
+import { Channel, DEFAULT_POSTCOPY_QUEUE_BYTES, acceptChannel, connectChannel } from '@livemig/transport';
 
 const MiB = 1024 * 1024;
 
@@ -475,6 +475,21 @@ describe('Channel', function () {
     main.send({ type: MsgType.PAGE_RUN, block: 'ram0', pageSize: 4096, offset: 0, count: big.length / 4096 }, big);
     await until(() => got.length === 1, 5000, 'the frame');
     expect(got[0]!.bytes.equals(big)).to.equal(true);
+  });
+
+  it('boundPostcopyQueue bounds this end\'s queue in the direction given and returns the kernel\'s size; 0 leaves it alone', async () => {
+    const { main, ret } = await pair();
+    const before = ret.limitKernelQueues({})!.receiveBytes;
+    expect(main.boundPostcopyQueue('receive', 0)).to.equal(undefined);
+    expect(ret.limitKernelQueues({})!.receiveBytes, 'untouched with 0').to.equal(before);
+    expect(main.boundPostcopyQueue('send', DEFAULT_POSTCOPY_QUEUE_BYTES)).to.equal(2 * DEFAULT_POSTCOPY_QUEUE_BYTES);
+    expect(ret.boundPostcopyQueue('receive', 3 * 1024 * 1024)).to.equal(6 * 1024 * 1024);
+  });
+
+  it('boundPostcopyQueue on a closed channel returns undefined instead of throwing (it only costs latency)', async () => {
+    const { main } = await pair();
+    main.close();
+    expect(main.boundPostcopyQueue('send', 1024 * 1024)).to.equal(undefined);
   });
 
   it('send() after close throws instead of writing', async () => {
