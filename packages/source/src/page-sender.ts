@@ -263,6 +263,8 @@ export class PageSender {
     const WHOLE = 1;
     const TRIMMED = 2;
     const kindOf = (k: number): number => (k === 0 ? ZERO : 2 * k > units ? WHOLE : TRIMMED);
+    // Units to keep of page q; without trimming, zero or the whole page.
+    const measure = trimFits ? (q: number): number => keptUnits(buf, q * ps, ps) : (q: number): number => (zero.compare(buf, q * ps, (q + 1) * ps) === 0 ? 0 : units);
 
     const addZero = async (from: number, to: number): Promise<void> => {
       const last = zeroRuns[zeroRuns.length - 1];
@@ -282,26 +284,15 @@ export class PageSender {
       }
       // Populated: classify page by page until the next never-populated page.
       const limit = populated.nextClear(p, end);
-      if (!trimFits) {
-        while (p < limit) {
-          const isZero = zero.compare(buf, p * ps, (p + 1) * ps) === 0;
-          let q = p + 1;
-          while (q < limit && (zero.compare(buf, q * ps, (q + 1) * ps) === 0) === isZero) q++;
-          if (isZero) await addZero(p, q);
-          else await sendRun(p, q);
-          p = q;
-        }
-        continue;
-      }
       while (p < limit) {
-        let k = keptUnits(buf, p * ps, ps);
+        let k = measure(p);
         const kind = kindOf(k);
         let q = p;
         for (;;) {
           if (kind === TRIMMED) this.kept[q - p] = k;
           q++;
           if (q >= limit || (kind === TRIMMED && q - p >= maxTrimmed)) break;
-          k = keptUnits(buf, q * ps, ps);
+          k = measure(q);
           if (kindOf(k) !== kind) break;
         }
         if (kind === ZERO) await addZero(p, q);
