@@ -19,9 +19,6 @@
  * the destination vCPU spent ~20 µs a page in those flushes, and the migration took 6.0–6.6 s;
  * with real pages, 2.0–3.3 s (four runs, same day).
  *
- * Runs of whole pages may go to the placing thread instead (`placeRunLater`,
- * place-thread.ts), which places them with the same `placePages`.
- *
  * The placer never reads guest RAM; it writes only to pages it knows are present, and never
  * during postcopy.
  */
