@@ -43,8 +43,6 @@ import {
 } from '@livemig/transport';
 import { Userfaultfd, DEFAULT_FEATURES, adoptMapping, mapAnonymous, createMemfd, probeHost, type Mapping } from '@livemig/uffd';
 import { PAGE_PRESENT, PAGE_REQUESTED, PAGE_ZERO, PagePlacer, type PlacerBlock } from './page-placer.js';
-import { PlaceThread } from './place-thread.js';
-import { JOB_SLOTS } from './place-jobs.js';
 import { Blocktime, LatencyStats, nowUs } from './blocktime.js';
 import { FaultHandler } from './fault-handler.js';
 import { DestState, DestStateMachine } from './dest-state.js';
@@ -107,12 +105,6 @@ export interface IncomingOptions {
   autoRecover?: boolean;
   /** Keepalive of every channel: a link silent this long is dead (default 4000 ms). */
   keepaliveTimeoutMs?: number;
-  /**
-   * Place runs of whole pages (PAGE_RUN) on a thread of their own (place-thread.ts), while
-   * the main thread reads and decodes the next frames: default true. False places every page
-   * on the main thread.
-   */
-  placeThread?: boolean;
   /**
    * TLS on every channel (server side: `loadTlsCredentials(opts, 'server')`): the source must
    * present a certificate signed by the CA (and, with `authz`, one of those subjects); or a
@@ -476,8 +468,6 @@ class IncomingSession {
   /** Makes `channel` the main channel: frames, loss handling, keepalive. */
   private useChannel(channel: Channel): void {
     this.ch = channel;
-    // Payloads the placing thread still places from stay unread-over in this channel's ring.
-    channel.hold(() => this.placeThread?.oldestHeld(channel) ?? Infinity);
     channel.setHandler((f) => this.onFrame(f));
     void channel.whenClosed().then((err) => this.onChannelLost(channel, err ?? new Error('connection to the source closed')));
     startKeepalive(channel, { timeoutMs: this.opts.keepaliveTimeoutMs });
@@ -629,9 +619,6 @@ class IncomingSession {
 
   private onFrame(f: Frame): void | Promise<void> {
     const m = f.msg;
-    // Pages are placed in the order they arrived: anything but a run of whole pages waits
-    // until the placing thread has placed the runs before it (reading waits meanwhile).
-    if (m.type !== MsgType.PAGE_RUN && this.placeThread?.busy) return this.placeThread.idle().then(() => this.onFrame(f));
     switch (m.type) {
       case MsgType.SETUP:
         this.state.to(DestState.SETUP, 'SETUP');
@@ -647,14 +634,6 @@ class IncomingSession {
         this.table!.checkMessage(m);
         const b = this.placer!.get(m.block);
         const first = m.offset / b.pageSize;
-        const t = this.placeThread;
-        if (t?.ready && f.payload.segments.length === 1) {
-          // One segment in the read ring: the thread places from it while reading goes on.
-          this.placer!.placer.placeRunLater(b, first, m.count, f.payload.segments[0]!, this.ch!, this.ch!.frameEnd - f.payload.length);
-          if (t.pendingBytes > PLACE_BACKLOG_BYTES || t.pendingJobs > PLACE_BACKLOG_JOBS) return t.whenBelow(PLACE_BACKLOG_BYTES / 2);
-          return;
-        }
-        if (t?.busy) return t.idle().then(() => this.onFrame(f));
         forEachPageRun(f.payload, b.pageSize, this.bounceFor(b), (src, idx, n) => this.placer!.placer.placeRun(b, first + idx, n, src));
         return;
       }
@@ -930,7 +909,6 @@ class IncomingSession {
     if (placer.missing > 0) throw new Error(`END while ${placer.missing} pages are still missing`);
     const endAt = performance.now();
     const faultsSeen = this.faults!.faults;
-    await this.stopPlaceThread();
     await this.faults!.stop();
     const preempt = this.faults!.preemptStats;
     this.faults = null;
@@ -1018,7 +996,6 @@ class IncomingSession {
     this.uffd = uffd;
     for (const mp of this.mappings) uffd.register(mp.addr, mp.length, { missing: true }, `block ${mp.name}`);
     this.placer = new PlacerBlockSet(new PagePlacer(uffd, this.mappings));
-    if (this.opts.placeThread ?? true) this.startPlaceThread(uffd, this.placer.placer);
     const machine = await factory.create({
       kind: m.guest.kind,
       module: m.guest.module,
@@ -1089,7 +1066,6 @@ class IncomingSession {
     trace('dest', 'unreceived pages recorded');
     this.machine.loadDevice(unpack(this.device));
     trace('dest', 'device loaded');
-    await this.stopPlaceThread();
     // Postcopy was advised but precopy converged first: the fault thread has nothing to do.
     if (this.faults) {
       await this.faults.stop();
@@ -1130,34 +1106,12 @@ class IncomingSession {
     r.ram.pagesNormal = s.pagesNormal;
     r.ram.pagesZero = s.pagesZero;
     r.ram.pagesTrimmed = this.pagesTrimmed;
-    r.ram.pagesPlacedOnThread = s.pagesOnThread;
     r.ram.precopyBytes = s.dataBytes;
     r.ram.transferredBytes = this.readBefore + this.ch!.bytesRead;
     r.ram.mbps = mbps(r.ram.transferredBytes, r.totalTimeMs);
     r.peakRssBytes = process.resourceUsage().maxRSS * 1024;
     void startedAt;
     this.progress();
-  }
-
-  /** The placing thread (IncomingOptions.placeThread), from SETUP until the pages are all placed. */
-  private placeThread: PlaceThread | null = null;
-
-  private startPlaceThread(uffd: Userfaultfd, placer: PagePlacer): void {
-    const t = new PlaceThread(uffd, [...placer.blocks.values()], {
-      placed: (bi, page, tUs) => this.onRequestedPlaced(this.blockAt(bi), page, tUs),
-      fatal: (err) => void this.fail(err),
-    });
-    placer.attachThread(t);
-    this.placeThread = t;
-  }
-
-  /** Every page is placed: the placing thread ends (after what it was given). */
-  private async stopPlaceThread(): Promise<void> {
-    const t = this.placeThread;
-    if (!t) return;
-    await t.stop();
-    this.placeThread = null;
-    this.placer!.placer.thread = null;
   }
 
   private async fail(err: Error): Promise<void> {
@@ -1169,9 +1123,6 @@ class IncomingSession {
     // userfaultfd below releases those threads so the guest can be torn down.
     await this.faults?.kill();
     this.faults = null;
-    const placing = this.placeThread;
-    this.placeThread = null;
-    await placing?.kill();
     try {
       this.uffd?.close();
     } catch {
@@ -1216,13 +1167,6 @@ class PlacerBlockSet {
 
 /** Preempt candidates held or shaking hands at once, at most (see `preemptSockets`). */
 const MAX_PREEMPT_CANDIDATES = 8;
-/**
- * Page data the placing thread may have waiting before reading stops until it is down to half:
- * the main channel's read ring (8 MiB) must keep these payloads and still offer room to reads.
- */
-const PLACE_BACKLOG_BYTES = 4 * 1024 * 1024;
-/** Runs it may have waiting (short runs): half its job slots. */
-const PLACE_BACKLOG_JOBS = JOB_SLOTS / 2;
 
 /** States in which precopy page data may arrive; postcopy pages arrive while LISTENING and RUNNING. */
 const PRECOPY_STATES: readonly DestState[] = [DestState.SETUP, DestState.ADVISE];

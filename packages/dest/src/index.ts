@@ -7,4 +7,3 @@ export * from './dest-state.js';
 export * from './dest-machine.js';
 export * from './page-placer.js';
 export { PreemptEndpoint, type PreemptBlock, type PreemptEvents } from './preempt-channel.js';
-export { PlaceThread, type PlaceThreadEvents } from './place-thread.js';

@@ -22,15 +22,10 @@
  * The placer never reads guest RAM; it writes only to pages it knows are present, and never
  * during postcopy.
  */
-import { ALREADY_PRESENT, bufferAddress, copyMemory, hex, type Mapping, type Userfaultfd } from '@livemig/uffd';
-import type { PlaceThread } from './place-thread.js';
+import { ALREADY_PRESENT, bufferAddress, hex, type Mapping, type Userfaultfd } from '@livemig/uffd';
 
 export interface PlacerBlock {
   readonly name: string;
-  /** Its place among the placer's blocks (the fault and placing threads name blocks by it). */
-  readonly index: number;
-  /** Where the block is mapped. */
-  readonly addr: number;
   readonly pageSize: number;
   readonly pages: number;
   readonly mapping: Mapping;
@@ -69,13 +64,11 @@ export interface PlaceStats {
   overwritten: number;
   /** Pages received in their current state (present, or known zero). */
   received: number;
-  /** Of pagesNormal, the pages handed to the placing thread. */
-  pagesOnThread: number;
 }
 
 export class PagePlacer {
   readonly blocks = new Map<string, PlacerBlock>();
-  readonly stats: PlaceStats = { pagesNormal: 0, pagesZero: 0, dataBytes: 0, copied: 0, overwritten: 0, received: 0, pagesOnThread: 0 };
+  readonly stats: PlaceStats = { pagesNormal: 0, pagesZero: 0, dataBytes: 0, copied: 0, overwritten: 0, received: 0 };
   /** Total pages of all blocks. */
   readonly totalPages: number;
   /**
@@ -95,8 +88,6 @@ export class PagePlacer {
       const stateBuffer = new SharedArrayBuffer(pages);
       this.blocks.set(m.name, {
         name: m.name,
-        index: this.blocks.size,
-        addr: m.addr,
         pageSize: m.pageSize,
         pages,
         mapping: m,
@@ -128,53 +119,40 @@ export class PagePlacer {
 
   /** Places `count` pages from `src` (starting `srcBase` bytes in) at page index `first` of `block`. */
   placeRun(b: PlacerBlock, first: number, count: number, src: Buffer, srcBase = 0): void {
+    const ps = b.pageSize;
+    const state = b.state;
     this.stats.pagesNormal += count;
-    this.stats.dataBytes += count * b.pageSize;
-    const counts = this.counts;
-    counts.copied = counts.overwritten = counts.fresh = 0;
-    placePages(this.uffd, b, first, first + count, bufferAddress(src) + srcBase, this.postcopy, counts, this.requestedHook(b));
-    this.addCounts(counts);
-  }
-
-  /**
-   * Like `placeRun`, but on the placing thread when one is attached and ready (`attachThread`):
-   * returns at once, and `src` (one contiguous Buffer, which begins at `streamFrom` in the
-   * stream of `owner`, the channel it came on) must stay as it is until the thread is done
-   * with it (`thread.oldestHeld(owner)`). Frames that place otherwise must wait for the thread to
-   * be idle first, so that pages are placed in the order they arrived.
-   */
-  placeRunLater(b: PlacerBlock, first: number, count: number, src: Buffer, owner: object, streamFrom: number): void {
-    const t = this.thread;
-    if (!t?.ready) {
-      this.placeRun(b, first, count, src);
-      return;
+    this.stats.dataBytes += count * ps;
+    let p = first;
+    const end = first + count;
+    while (p < end) {
+      const present = state[p] === PAGE_PRESENT;
+      let q = p + 1;
+      while (q < end && (state[q] === PAGE_PRESENT) === present) q++;
+      const srcOff = srcBase + (p - first) * ps;
+      if (present) {
+        if (!this.postcopy) src.copy(b.buffer, p * ps, srcOff, srcOff + (q - p) * ps);
+        this.stats.overwritten += q - p;
+      } else {
+        this.copyIn(b, p, q, src, srcOff);
+        this.markPresent(b, p, q);
+        this.stats.copied += q - p;
+      }
+      p = q;
     }
-    this.stats.pagesNormal += count;
-    this.stats.dataBytes += count * b.pageSize;
-    this.stats.pagesOnThread += count;
-    t.enqueue(b.index, first, count, src, owner, streamFrom, this.postcopy);
   }
 
-  /** The placing thread, once attached. */
-  thread: PlaceThread | null = null;
-
-  /** Places runs on `thread` from now on (`placeRunLater`); its results are counted here. */
-  attachThread(thread: PlaceThread): void {
-    this.thread = thread;
-    thread.onRetired = (c) => this.addCounts(c);
-  }
-
-  private readonly counts: PlaceCounts = { copied: 0, overwritten: 0, fresh: 0 };
-
-  private addCounts(c: PlaceCounts): void {
-    this.stats.copied += c.copied;
-    this.stats.overwritten += c.overwritten;
-    this.stats.received += c.fresh;
-  }
-
-  private requestedHook(b: PlacerBlock): ((page: number) => void) | undefined {
-    const hook = this.onRequestedPlaced;
-    return hook ? (page) => hook(b, page) : undefined;
+  private copyIn(b: PlacerBlock, first: number, end: number, src: Buffer, srcOff: number): void {
+    const ps = b.pageSize;
+    // Something placed a page already (the fault thread's zero page, the preempt channel, a
+    // racing copy): precopy overwrites it with the newer data, postcopy keeps what the guest sees.
+    const onPresent = this.postcopy
+      ? undefined
+      : (page: number): void => {
+          const at = (page - first) * ps;
+          src.copy(b.buffer, page * ps, srcOff + at, srcOff + at + ps);
+        };
+    copyPages(this.uffd, b.name, b.mapping.addr, ps, first, end, bufferAddress(src) + srcOff, onPresent);
   }
 
   /** Records (precopy) or maps (postcopy) `count` zero pages from page index `first`. */
@@ -235,10 +213,18 @@ export class PagePlacer {
 
   /** Marks [first, end) present, counting newly received pages and reporting requested ones. */
   private markPresent(b: PlacerBlock, first: number, end: number): void {
-    const counts = this.counts;
-    counts.fresh = 0;
-    markPresent(b.state, first, end, counts, this.requestedHook(b));
-    this.stats.received += counts.fresh;
+    const state = b.state;
+    const hook = this.onRequestedPlaced;
+    let fresh = 0;
+    for (let p = first; p < end; p++) {
+      // Atomic: the preempt channel's thread may mark the same page at the same moment, and
+      // only the first of the two counts it.
+      const s = Atomics.exchange(state, p, PAGE_PRESENT);
+      if (s === PAGE_PRESENT) continue;
+      if (s !== PAGE_ZERO) fresh++;
+      if (s === PAGE_REQUESTED && hook) hook(b, p);
+    }
+    this.stats.received += fresh;
   }
 
   /**
@@ -273,78 +259,6 @@ export class PagePlacer {
     }
     this.stats.received += n;
     return n;
-  }
-}
-
-/** What placing a run did, page by page. */
-export interface PlaceCounts {
-  /** Pages written by UFFDIO_COPY. */
-  copied: number;
-  /** Pages already present: overwritten (precopy) or dropped (postcopy). */
-  overwritten: number;
-  /** Pages received for the first time (not present and not known zero before). */
-  fresh: number;
-}
-
-/** The part of a block that placing a run needs (a PlacerBlock, or the placing thread's copy). */
-export interface RunTarget {
-  readonly name: string;
-  readonly addr: number;
-  readonly pageSize: number;
-  readonly state: Uint8Array;
-}
-
-/**
- * Places pages [first, end) of a block from `srcAddr` (the pages in order), shared by the main
- * thread and the placing thread (place-worker.ts): a missing page by UFFDIO_COPY, a present
- * one overwritten in precopy (it is mapped: a plain copy) and dropped in postcopy (the guest
- * owns it). Marks the pages present; `requested(page)` hears of each one a vCPU asked for.
- */
-export function placePages(
-  uffd: Userfaultfd,
-  blk: RunTarget,
-  first: number,
-  end: number,
-  srcAddr: number,
-  postcopy: boolean,
-  counts: PlaceCounts,
-  requested?: (page: number) => void,
-): void {
-  const ps = blk.pageSize;
-  const state = blk.state;
-  let p = first;
-  while (p < end) {
-    const present = state[p] === PAGE_PRESENT;
-    let q = p + 1;
-    while (q < end && (state[q] === PAGE_PRESENT) === present) q++;
-    const src = srcAddr + (p - first) * ps;
-    if (present) {
-      if (!postcopy) copyMemory(blk.addr + p * ps, src, (q - p) * ps);
-      counts.overwritten += q - p;
-    } else {
-      // Something placed a page already (the fault thread's zero page, the preempt channel, a
-      // racing copy): precopy overwrites it with the newer data, postcopy keeps what the guest sees.
-      const onPresent = postcopy ? undefined : (page: number): void => copyMemory(blk.addr + page * ps, srcAddr + (page - first) * ps, ps);
-      copyPages(uffd, blk.name, blk.addr, ps, p, q, src, onPresent);
-      markPresent(state, p, q, counts, requested);
-      counts.copied += q - p;
-    }
-    p = q;
-  }
-}
-
-/**
- * Marks pages [first, end) present, counting in `counts.fresh` those received for the first
- * time and telling `requested(page)` of those a vCPU asked for. Atomic: another thread (the
- * preempt channel's, the fault thread) may mark the same page at the same moment, and only the
- * first of them counts it.
- */
-export function markPresent(state: Uint8Array, first: number, end: number, counts: PlaceCounts, requested?: (page: number) => void): void {
-  for (let p = first; p < end; p++) {
-    const s = Atomics.exchange(state, p, PAGE_PRESENT);
-    if (s === PAGE_PRESENT) continue;
-    if (s !== PAGE_ZERO) counts.fresh++;
-    if (s === PAGE_REQUESTED && requested) requested(p);
   }
 }
 

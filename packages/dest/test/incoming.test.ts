@@ -49,7 +49,7 @@ interface Source {
 }
 
 /** Listens with `opts`, starts accept(), and dials it as a source. */
-async function session(opts: { maxRam?: number; idleTimeoutMs?: number; backing?: 'anonymous' | 'memfd'; machineFactory?: MachineFactory; placeThread?: boolean } = {}): Promise<{ src: Source; result: Promise<IncomingResult> }> {
+async function session(opts: { maxRam?: number; idleTimeoutMs?: number; backing?: 'anonymous' | 'memfd'; machineFactory?: MachineFactory } = {}): Promise<{ src: Source; result: Promise<IncomingResult> }> {
   const inc = await IncomingMigration.listen({ listen: '127.0.0.1:0', ...opts });
   cleanups.push(() => inc.close());
   const result = inc.accept();
@@ -451,46 +451,6 @@ describe('IncomingMigration', function () {
       // The ab check reads every byte of every page: the rest of each page must be zero.
       const integrity = await (machine as unknown as Machine).verify();
       expect(integrity).to.include({ checked: true, bad: 0, pages });
-    });
-
-    it('places PAGE_RUN pages on the placing thread in the order they came: a later round\'s pages win, the guest verifies', async () => {
-      const source = await stoppedSource();
-      const { src, result } = await session();
-      await setupAccepted(src, abSetup({ blocks: source.layout.map(({ name, length, pageSize }) => ({ name, length, pageSize })) }));
-      await sleep(300); // the thread starts meanwhile
-      // Round 1: every page with bytes the ab check rejects; round 2 right behind it: the real pages.
-      const stale = Buffer.alloc(source.ram.length, 0xee);
-      src.ch.send({ type: MsgType.ROUND, round: 1, dirtyBytes: stale.length });
-      for (let p = 0; p < stale.length; p += MiB) src.ch.send({ type: MsgType.PAGE_RUN, block: 'ram0', pageSize: PS, offset: p, count: MiB / PS }, stale.subarray(p, p + MiB));
-      for (let p = 0; p < source.ram.length; p += MiB) src.ch.send({ type: MsgType.PAGE_RUN, block: 'ram0', pageSize: PS, offset: p, count: MiB / PS }, source.ram.subarray(p, p + MiB));
-      src.ch.send({ type: MsgType.DEVICE }, pack(source.device));
-      src.ch.send({ type: MsgType.COMPLETE });
-      expect(await src.next(MsgType.SHUT)).to.deep.include({ status: 'ok' });
-      const { report, machine } = await result;
-      expect(report.status, report.error).to.equal('completed');
-      expect(report.ram.pagesNormal).to.equal(2048);
-      // A run split by the end of the read ring (two segments) is placed on the main thread,
-      // after the thread went idle; the others, on the thread.
-      expect(report.ram.pagesPlacedOnThread).to.be.within(2048 - 2 * 256, 2048);
-      const integrity = await (machine as unknown as Machine).verify();
-      expect(integrity).to.include({ checked: true, bad: 0, pages: 1024 });
-    });
-
-    it('with placeThread: false places every page on the main thread, and the guest verifies', async () => {
-      const source = await stoppedSource();
-      const { src, result } = await session({ placeThread: false });
-      await setupAccepted(src, abSetup({ blocks: source.layout.map(({ name, length, pageSize }) => ({ name, length, pageSize })) }));
-      await sleep(300);
-      const sent = sendRam(src.ch, source.ram);
-      src.ch.send({ type: MsgType.DEVICE }, pack(source.device));
-      src.ch.send({ type: MsgType.COMPLETE });
-      expect(await src.next(MsgType.SHUT)).to.deep.include({ status: 'ok' });
-      const { report, machine } = await result;
-      expect(report.status, report.error).to.equal('completed');
-      expect(report.ram.pagesNormal).to.equal(sent.data);
-      expect(report.ram.pagesPlacedOnThread).to.equal(0);
-      const integrity = await (machine as unknown as Machine).verify();
-      expect(integrity).to.include({ checked: true, bad: 0, pages: 1024 });
     });
 
     it('the ab layout is one block ram0 of the RAM size with 4 KiB pages', async () => {

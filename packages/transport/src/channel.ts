@@ -80,7 +80,7 @@ export class Channel {
     // allocation per read, and a payload is one contiguous segment. One that cannot move (TLS)
     // copies what it reads into the ring instead (copyIntoRing).
     const ring = opts.readRing ? new ReadRing(opts.readRing === true ? {} : opts.readRing) : null;
-    const moved = ring ? moveToReadRing(socket, ring, () => this.retainedBytes(), (b) => this.onData(b)) : null;
+    const moved = ring ? moveToReadRing(socket, ring, () => this.decoder.bufferedBytes, (b) => this.onData(b)) : null;
     if (moved) socket = moved.socket;
     this.socket = socket;
     this.readsIntoRing = moved !== null;
@@ -102,34 +102,6 @@ export class Channel {
 
   /** True when reads go into a ReadRing (a plaintext connection moved by ring-socket.ts). */
   readonly readsIntoRing: boolean;
-
-  /**
-   * Where in the stream (bytes read since the channel began) the frame being handled ends. A
-   * frame's payload of n bytes starts n bytes before.
-   */
-  get frameEnd(): number {
-    return this.bytesRead - this.decoder.bufferedBytes;
-  }
-
-  private holder: (() => number) | null = null;
-
-  /**
-   * Keeps payloads in use after their handler returned (pages another thread is still placing
-   * from) from being overwritten by later reads into the ring: `holder()` gives the stream
-   * offset of the oldest byte still in use (Infinity when none), and is asked before every
-   * read. Only one holder; null lets go.
-   */
-  hold(holder: (() => number) | null): void {
-    this.holder = holder;
-  }
-
-  /** Bytes read so far that the next read must not overwrite: the decoder's and the holder's. */
-  private retainedBytes(): number {
-    const buffered = this.decoder.bufferedBytes;
-    if (!this.holder) return buffered;
-    const from = this.holder();
-    return from < this.bytesRead ? Math.max(buffered, this.bytesRead - Math.max(0, from)) : buffered;
-  }
 
   /** Sets the frame handler; frames that arrived before are delivered now. */
   setHandler(handler: FrameHandler): void {
@@ -341,7 +313,7 @@ export class Channel {
   private copyIntoRing(ring: ReadRing, chunk: Buffer): void {
     let at = 0;
     while (at < chunk.length && !this.paused && !this.isClosed) {
-      const space = ring.next(this.retainedBytes());
+      const space = ring.next(this.decoder.bufferedBytes);
       const n = chunk.copy(space, 0, at);
       at += n;
       this.onData(ring.commit(n));

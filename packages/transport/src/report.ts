@@ -18,8 +18,6 @@ export interface RamReport {
   pagesZero: number;
   /** Of pagesNormal, the pages sent without their trailing zero bytes (TRIMMED_RUN). */
   pagesTrimmed: number;
-  /** Destination: of pagesNormal, the pages placed on the placing thread (the rest on the main thread). */
-  pagesPlacedOnThread?: number;
   precopyBytes: number;
   postcopyBytes: number;
   /** Wire rate over the whole migration (transferredBytes / totalTimeMs), megabits per second. */

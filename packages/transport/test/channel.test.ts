@@ -346,48 +346,6 @@ describe('Channel', function () {
     got.forEach((b, i) => expect(sha(b), `run ${i}`).to.equal(sha(runs[i]!)));
   });
 
-  /** Pushes 24 runs of 1 MiB, 1 MiB at a time; keeps the first run's payload after its handler returned, holding it when `hold`. */
-  async function keepFirstPayload(hold: boolean): Promise<{ kept: Buffer; run: Buffer; from: number; ends: number[]; sent: number[] }> {
-    const { stream, ch } = ringlessChannel();
-    const runs = Array.from({ length: 24 }, (_, i) => pattern(MiB, 60 + i));
-    let kept: Buffer | null = null;
-    let from = -1;
-    const ends: number[] = [];
-    ch.setHandler((frame) => {
-      ends.push(ch.frameEnd);
-      if (kept) return;
-      kept = payloadToBuffer(frame.payload);
-      from = ch.frameEnd - frame.payload.length;
-      if (hold) ch.hold(() => from);
-    });
-    const sent: number[] = [];
-    let total = 0;
-    for (let i = 0; i < runs.length; i++) {
-      const wire = Buffer.concat(encodeFrame({ type: MsgType.PAGE_RUN, block: 'ram0', pageSize: 4096, offset: i * MiB, count: 256 }, runs[i]!));
-      sent.push((total += wire.length));
-      stream.push(wire);
-      await sleep(1);
-    }
-    await until(() => ends.length === runs.length, 5000, 'every run');
-    return { kept: kept!, run: runs[0]!, from, ends, sent };
-  }
-
-  it('without a hold, later reads go over a payload kept after its handler returned (what hold() is for)', async () => {
-    const { kept, run } = await keepFirstPayload(false);
-    expect(sha(kept)).to.not.equal(sha(run));
-  });
-
-  it('hold() keeps a payload in use after its handler returned from being overwritten by later reads', async () => {
-    const { kept, run } = await keepFirstPayload(true);
-    expect(sha(kept)).to.equal(sha(run));
-  });
-
-  it('frameEnd is where in the stream the frame being handled ends', async () => {
-    const { ends, from, sent } = await keepFirstPayload(false);
-    expect(ends).to.deep.equal(sent);
-    expect(from).to.equal(sent[0]! - MiB);
-  });
-
   it('a handler returning a promise pauses the socket: no frame is delivered until it resolves, then all follow in order', async () => {
     const { main, ret } = await pair();
     const seen: number[] = [];

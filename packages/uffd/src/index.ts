@@ -5,7 +5,7 @@
  */
 export * from './errors.js';
 export * from './memory.js';
-export { bufferAddress, copyMemory } from './libc.js';
+export { bufferAddress } from './libc.js';
 export { gettid, requestShortSlice, requestRealtime, promptScheduling, type ThreadScheduling } from './thread.js';
 export * from './fd.js';
 export * from './messages.js';

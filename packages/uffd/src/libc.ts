@@ -44,20 +44,11 @@ export const c = {
   getsockopt: lib.func('int getsockopt(int fd, int level, int name, void *val, _Inout_ unsigned int *len)') as (fd: number, level: number, name: number, val: Buffer, len: number[]) => number,
   memcpyFromBuf: lib.func('intptr_t memcpy(intptr_t dst, void *src, size_t n)') as (dst: number, src: Buffer, n: number) => number,
   memcpyToBuf: lib.func('intptr_t memcpy(void *dst, intptr_t src, size_t n)') as (dst: Buffer, src: number, n: number) => number,
-  memcpyAddr: lib.func('intptr_t memcpy(intptr_t dst, intptr_t src, size_t n)') as (dst: number, src: number, n: number) => number,
 };
 
 /** errno of the last failed call on this thread. */
 export function errno(): number {
   return koffi.errno();
-}
-
-/**
- * Copies `length` bytes from address `src` to address `dst` (memcpy), both mapped in this
- * process: for a thread that has addresses, not Buffers (memory mapped or read by another).
- */
-export function copyMemory(dst: number, src: number, length: number): void {
-  if (length > 0) c.memcpyAddr(dst, src, length);
 }
 
 /** The address of a Buffer's first byte (includes its byteOffset), as a number. */
