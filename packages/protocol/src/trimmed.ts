@@ -27,16 +27,18 @@ function tailsFor(pageSize: number): Buffer[] {
  * How many TRIM_UNIT-byte units of the page at `buf[off, off + pageSize)` to keep so that only
  * zeros follow: 0 for a zero page, up to half the page's units; more than half (a page not
  * worth trimming) reads as all of them, pageSize / TRIM_UNIT. A page whose last 4 bytes are
- * not zero costs one read; a zero page one comparison with a zero buffer (which stops at the
- * first non-zero byte). Otherwise the zero tail is probed from the small end (1, 2, 4 … units
- * kept), then narrowed by halving, a comparison each: a page keeping one unit costs two.
+ * not zero costs one read. Otherwise the zero tail is probed from the small end (1, 2, 4 …
+ * units kept), then narrowed by halving, a comparison with a zero buffer each (it stops at the
+ * first non-zero byte). A page whose bytes after its first unit are all zero — a zero page, or
+ * one that keeps a single unit, like every page of the ab guest — costs that one comparison
+ * and a look at its first unit: 0.30–0.54 µs a page here, against 0.59–0.82 µs when the zero
+ * page was tested first with a comparison of its own (cold memory, one byte a page).
  */
 export function keptUnits(buf: Buffer, off: number, pageSize: number): number {
   const units = pageSize / TRIM_UNIT;
   const end = off + pageSize;
   if (buf.readUInt32LE(end - 4) !== 0) return units;
   const tails = tailsFor(pageSize);
-  if (tails[0]!.compare(buf, off, end) === 0) return 0;
   // Bytes from lo units on are not all zero, from hi units on they are. (No closure here: it
   // made this function three times slower.)
   let lo = 0;
@@ -45,6 +47,11 @@ export function keptUnits(buf: Buffer, off: number, pageSize: number): number {
     lo = hi;
     hi *= 2;
     if (2 * hi > units) return units;
+  }
+  if (lo === 0) {
+    // Zero from the second unit on: one unit kept, or none when the first is zero too.
+    for (let i = off; i < off + TRIM_UNIT; i++) if (buf[i] !== 0) return 1;
+    return 0;
   }
   while (hi - lo > 1) {
     const mid = (lo + hi) >>> 1;

@@ -36,6 +36,20 @@ describe('trimmed pages: keptUnits', () => {
     expect(keptUnits(pageEndingAt(PS - 5), 0, PS)).to.equal(PS / TRIM_UNIT);
   });
 
+  it('keeps one unit of a page whose only non-zero byte is anywhere in its first unit (the ab guest\'s pages), at any offset', () => {
+    for (let at = 0; at < TRIM_UNIT; at++) {
+      const page = Buffer.alloc(PS);
+      page[at] = 0x80;
+      const buf = Buffer.concat([pattern(PS), page, pattern(PS, 3)]);
+      expect(keptUnits(buf, PS, PS), `non-zero byte at ${at}`).to.equal(1);
+    }
+  });
+
+  it('keeps nothing of a zero page between pages of data', () => {
+    const buf = Buffer.concat([pattern(PS), Buffer.alloc(PS), pattern(PS, 5)]);
+    expect(keptUnits(buf, PS, PS)).to.equal(0);
+  });
+
   it('reads the page at the offset given, not its neighbours', () => {
     const buf = Buffer.concat([pattern(PS), pageEndingAt(100), pattern(PS, 9)]);
     expect(keptUnits(buf, PS, PS)).to.equal(2);
