@@ -4,7 +4,7 @@
  */
 import net from 'node:net';
 import { expect } from 'chai';
-import { migrate } from './support/procs.js';
+import { migrate, migrateTraced, traceTimeMs } from './support/procs.js';
 import { FaultProxy } from './support/proxy.js';
 
 describe('postcopy with a preempt channel between two processes', function () {
@@ -109,6 +109,30 @@ describe('postcopy with a preempt channel between two processes', function () {
       expect(strays.length).to.equal(2);
     } finally {
       for (const s of strays) s.destroy();
+      proxy.close();
+    }
+  });
+
+  it('precopy does not wait for the preempt channel: with its connection held back 1.5 s, pages flow meanwhile, and postcopy waits for it', async () => {
+    const recv = migrate('recv', '--listen', '127.0.0.1:0', '--json');
+    const addr = await recv.listening();
+    // Connection 1 is the source's preempt channel.
+    const proxy = await FaultProxy.start({ target: addr, beforeForward: (i) => (i === 1 ? new Promise((r) => setTimeout(r, 1500)) : undefined) });
+    try {
+      const send = migrateTraced('send', '--to', proxy.address, '--ram', '64M', '--vcpus', '1', '--migrate-after', '100', '--downtime-limit', '1', '--postcopy', '--postcopy-after', '200', '--preempt', '--no-trim-pages', '--json');
+      const [s, r] = await Promise.all([send.done(), recv.done()]);
+      expect(s.code, send.stderr).to.equal(0);
+      expect(r.code, recv.stderr).to.equal(0);
+      const sr = send.report();
+      expect(sr.mode).to.equal('postcopy');
+      expect(sr.setupTimeMs, 'setup does not include the wait for the preempt channel').to.be.below(1000);
+      const firstRound = traceTimeMs(send.stderr, 'source', 'round 1 sent');
+      const preempt = traceTimeMs(send.stderr, 'source', 'preempt channel connected');
+      const stopped = traceTimeMs(send.stderr, 'source', 'guest stopped');
+      expect(firstRound, 'a precopy round ended before the preempt channel was up').to.be.below(preempt);
+      expect(preempt, 'the guest stopped only once it was up').to.be.below(stopped);
+      expect(recv.report().integrity.bad).to.equal(0);
+    } finally {
       proxy.close();
     }
   });

@@ -193,6 +193,8 @@ export class OutgoingMigration {
   private ch: Channel | null = null;
   private phase: Phase = 'setup';
   private abortError: Error | null = null;
+  /** The preempt channel being dialled at ADVISE (awaited before the guest stops). */
+  private preemptConnecting: Promise<void> | null = null;
   private abortWaiters: Array<(e: Error) => void> = [];
   private waiters: Waiters = new Map();
   private progress: Progress;
@@ -382,7 +384,11 @@ export class OutgoingMigration {
             // The blocks' bitmaps are final objects from here on (their flags keep changing):
             // the thread takes them now, so nothing of this runs at switchover.
             this.preempt.serve(blocks);
-            await this.connectPreempt();
+            // Dialled now, waited for only before the guest stops: its threads at both ends
+            // take ~200 ms to start and shake hands here, and precopy need not wait for that.
+            // A failure fails the migration at once, the guest running on here.
+            this.preemptConnecting = this.connectPreempt();
+            this.preemptConnecting.catch((e: Error) => this.abort(e));
           }
         } else {
           const reason = ack.info?.reason ?? 'the destination refused postcopy';
@@ -449,6 +455,8 @@ export class OutgoingMigration {
       }
       precopyBytes = sender.stats.dataBytes;
 
+      // The preempt channel is up before the guest stops (or the migration fails here).
+      if (this.preemptConnecting) await this.race(this.preemptConnecting);
       this.checkAbort();
       // Postcopy: the pages already known to be re-dirtied since they were sent are dropped on
       // the destination now, while the guest still runs here, rather than during the downtime
