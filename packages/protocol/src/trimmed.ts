@@ -24,6 +24,24 @@ function tailsFor(pageSize: number): Buffer[] {
 }
 
 /**
+ * Kept bytes up to this many are moved 4 bytes at a time in JavaScript rather than by
+ * Buffer#copy / #fill: for a unit or a few, the call costs several times the work (64 bytes
+ * here: ~25 against ~100 ns to copy, ~16 against ~60 ns to zero). Longer ones take the call.
+ */
+const SMALL_BYTES = 4 * TRIM_UNIT;
+/** Int32 words are stored in the platform's byte order; DataView reads and writes must match it. */
+const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
+
+/** Int32 words over `b`, or null when `b` does not start on a 4-byte boundary. */
+function wordsOf(b: Buffer): Int32Array | null {
+  return b.byteOffset % 4 === 0 ? new Int32Array(b.buffer, b.byteOffset, b.length >>> 2) : null;
+}
+
+function dataViewOf(b: Buffer): DataView {
+  return new DataView(b.buffer, b.byteOffset, b.length);
+}
+
+/**
  * How many TRIM_UNIT-byte units of the page at `buf[off, off + pageSize)` to keep so that only
  * zeros follow: 0 for a zero page, up to half the page's units; more than half (a page not
  * worth trimming) reads as all of them, pageSize / TRIM_UNIT. A page whose last 4 bytes are
@@ -77,13 +95,21 @@ export function writeTrimmedRun(
   count: number,
 ): number {
   let at = dstOff + 2 * count;
+  // Pages start on 4-byte boundaries of `src` (when it does and srcOff is aligned); the bytes
+  // land wherever the table left `at` in `dst`, through a DataView.
+  const words = srcOff % 4 === 0 ? wordsOf(src) : null;
+  const out = words ? dataViewOf(dst) : null;
   for (let i = 0; i < count; i++) {
     const k = kept[i]!;
     dst.writeUInt16LE(k, dstOff + 2 * i);
     if (k === 0) continue;
     const from = srcOff + i * pageSize;
-    src.copy(dst, at, from, from + k * TRIM_UNIT);
-    at += k * TRIM_UNIT;
+    const bytes = k * TRIM_UNIT;
+    if (words && bytes <= SMALL_BYTES) {
+      const w = from >>> 2;
+      for (let j = 0; j < bytes; j += 4) out!.setInt32(at + j, words[w + (j >>> 2)]!, LITTLE_ENDIAN);
+    } else src.copy(dst, at, from, from + bytes);
+    at += bytes;
   }
   return at - dstOff;
 }
@@ -109,10 +135,19 @@ export function expandTrimmedRun(payload: Buffer, count: number, pageSize: numbe
   if (table + sum * TRIM_UNIT !== payload.length)
     throw new ProtocolError('MALFORMED', `TRIMMED_RUN: the table keeps ${sum * TRIM_UNIT} bytes, the payload carries ${payload.length - table} after it`);
   let at = table;
+  // Pages start on 4-byte boundaries of `out` (when it does); the kept bytes lie wherever the
+  // table left them in the payload, read through a DataView.
+  const words = wordsOf(out);
+  const from = words ? dataViewOf(payload) : null;
   for (let i = 0; i < count; i++) {
     const kept = payload.readUInt16LE(2 * i) * TRIM_UNIT;
     const page = i * pageSize;
-    if (kept > 0) payload.copy(out, page, at, at + kept);
+    if (kept > 0) {
+      if (words && kept <= SMALL_BYTES) {
+        const w = page >>> 2;
+        for (let j = 0; j < kept; j += 4) words[w + (j >>> 2)] = from!.getInt32(at + j, LITTLE_ENDIAN);
+      } else payload.copy(out, page, at, at + kept);
+    }
     if (!outIsZero && kept < pageSize) out.fill(0, page + kept, page + pageSize);
     at += kept;
   }
@@ -120,8 +155,12 @@ export function expandTrimmedRun(payload: Buffer, count: number, pageSize: numbe
 
 /** Zeroes in `out` what `expandTrimmedRun` wrote there from the same (checked) payload. */
 export function clearTrimmedRun(payload: Buffer, count: number, pageSize: number, out: Buffer): void {
+  const words = wordsOf(out);
   for (let i = 0; i < count; i++) {
     const kept = payload.readUInt16LE(2 * i) * TRIM_UNIT;
-    if (kept > 0) out.fill(0, i * pageSize, i * pageSize + kept);
+    if (kept === 0) continue;
+    const page = i * pageSize;
+    if (words && kept <= SMALL_BYTES) words.fill(0, page >>> 2, (page + kept) >>> 2);
+    else out.fill(0, page, page + kept);
   }
 }

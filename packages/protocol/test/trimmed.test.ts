@@ -93,6 +93,49 @@ describe('trimmed pages: payload', () => {
     expect(out.equals(Buffer.alloc(4 * PS))).to.equal(true);
   });
 
+  describe('at any byte offset (pages kept 0, 1, 4, 5 and 32 units: either side of the small-copy limit)', () => {
+    const five = Buffer.concat([pages, pageEndingAt(300)]);
+    const units = [0, 1, 2, 3, 4].map((i) => keptUnits(five, i * PS, PS));
+    const reference = (): Buffer => {
+      const dst = Buffer.alloc(2 * 5 + 5 * PS);
+      return dst.subarray(0, writeTrimmedRun(dst, 0, five, 0, PS, units, 5));
+    };
+
+    it('writes the same payload whatever the offsets of the pages and of the payload', () => {
+      expect(units).to.deep.equal([1, 0, 4, 32, 5]);
+      const want = reference();
+      for (let srcShift = 0; srcShift < 4; srcShift++) {
+        for (let dstOff = 0; dstOff < 4; dstOff++) {
+          const src = Buffer.alloc(srcShift + five.length);
+          five.copy(src, srcShift);
+          const dst = Buffer.alloc(dstOff + want.length, 0xee);
+          const n = writeTrimmedRun(dst, dstOff, src, srcShift, PS, units, 5);
+          expect(n, `src +${srcShift}, dst +${dstOff}`).to.equal(want.length);
+          expect(dst.subarray(dstOff).equals(want), `src +${srcShift}, dst +${dstOff}`).to.equal(true);
+        }
+      }
+    });
+
+    it('fills out and clears again byte for byte whatever the offsets of the payload and of the buffer', () => {
+      const want = reference();
+      for (let payloadShift = 0; payloadShift < 4; payloadShift++) {
+        for (let outShift = 0; outShift < 4; outShift++) {
+          const at = Buffer.alloc(payloadShift + want.length);
+          want.copy(at, payloadShift);
+          const payload = at.subarray(payloadShift);
+          const out = Buffer.alloc(outShift + 5 * PS, 0xee).subarray(outShift);
+          expandTrimmedRun(payload, 5, PS, out);
+          expect(out.equals(five), `payload +${payloadShift}, out +${outShift}`).to.equal(true);
+          out.fill(0);
+          expandTrimmedRun(payload, 5, PS, out, true);
+          expect(out.equals(five), `payload +${payloadShift}, out +${outShift}, zero buffer`).to.equal(true);
+          clearTrimmedRun(payload, 5, PS, out);
+          expect(out.every((b) => b === 0), `payload +${payloadShift}, out +${outShift}, cleared`).to.equal(true);
+        }
+      }
+    });
+  });
+
   it('refuses a table entry larger than a page, naming the page, and writes nothing', () => {
     const p = Buffer.from(payloadOf());
     p.writeUInt16LE(PS / TRIM_UNIT + 1, 2 * 2);
