@@ -32,9 +32,13 @@ const SMALL_BYTES = 4 * TRIM_UNIT;
 /** Int32 words are stored in the platform's byte order; DataView reads and writes must match it. */
 const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
 
-/** Int32 words over `b`, or null when `b` does not start on a 4-byte boundary. */
-function wordsOf(b: Buffer): Int32Array | null {
-  return b.byteOffset % 4 === 0 ? new Int32Array(b.buffer, b.byteOffset, b.length >>> 2) : null;
+/**
+ * Int32 words over `b[0, bytes)`, or null when `b` does not start on a 4-byte boundary. The
+ * callers view one run's pages only (at most MAX_TRIMMED_RUN_BYTES), never a whole guest block:
+ * the view stays small and its word offsets too, whatever the size of the block.
+ */
+function wordsOf(b: Buffer, bytes: number): Int32Array | null {
+  return b.byteOffset % 4 === 0 ? new Int32Array(b.buffer, b.byteOffset, Math.floor(Math.min(bytes, b.length) / 4)) : null;
 }
 
 function dataViewOf(b: Buffer): DataView {
@@ -95,9 +99,10 @@ export function writeTrimmedRun(
   count: number,
 ): number {
   let at = dstOff + 2 * count;
-  // Pages start on 4-byte boundaries of `src` (when it does and srcOff is aligned); the bytes
-  // land wherever the table left `at` in `dst`, through a DataView.
-  const words = srcOff % 4 === 0 ? wordsOf(src) : null;
+  // The run's pages start on 4-byte boundaries (when it does); the bytes land wherever the
+  // table left `at` in `dst`, through a DataView.
+  const run = src.subarray(srcOff, srcOff + count * pageSize);
+  const words = wordsOf(run, count * pageSize);
   const out = words ? dataViewOf(dst) : null;
   for (let i = 0; i < count; i++) {
     const k = kept[i]!;
@@ -106,7 +111,7 @@ export function writeTrimmedRun(
     const from = srcOff + i * pageSize;
     const bytes = k * TRIM_UNIT;
     if (words && bytes <= SMALL_BYTES) {
-      const w = from >>> 2;
+      const w = (i * pageSize) / 4;
       for (let j = 0; j < bytes; j += 4) out!.setInt32(at + j, words[w + (j >>> 2)]!, LITTLE_ENDIAN);
     } else src.copy(dst, at, from, from + bytes);
     at += bytes;
@@ -137,14 +142,14 @@ export function expandTrimmedRun(payload: Buffer, count: number, pageSize: numbe
   let at = table;
   // Pages start on 4-byte boundaries of `out` (when it does); the kept bytes lie wherever the
   // table left them in the payload, read through a DataView.
-  const words = wordsOf(out);
+  const words = wordsOf(out, count * pageSize);
   const from = words ? dataViewOf(payload) : null;
   for (let i = 0; i < count; i++) {
     const kept = payload.readUInt16LE(2 * i) * TRIM_UNIT;
     const page = i * pageSize;
     if (kept > 0) {
       if (words && kept <= SMALL_BYTES) {
-        const w = page >>> 2;
+        const w = page / 4;
         for (let j = 0; j < kept; j += 4) words[w + (j >>> 2)] = from!.getInt32(at + j, LITTLE_ENDIAN);
       } else payload.copy(out, page, at, at + kept);
     }
@@ -155,12 +160,12 @@ export function expandTrimmedRun(payload: Buffer, count: number, pageSize: numbe
 
 /** Zeroes in `out` what `expandTrimmedRun` wrote there from the same (checked) payload. */
 export function clearTrimmedRun(payload: Buffer, count: number, pageSize: number, out: Buffer): void {
-  const words = wordsOf(out);
+  const words = wordsOf(out, count * pageSize);
   for (let i = 0; i < count; i++) {
     const kept = payload.readUInt16LE(2 * i) * TRIM_UNIT;
     if (kept === 0) continue;
     const page = i * pageSize;
-    if (words && kept <= SMALL_BYTES) words.fill(0, page >>> 2, (page + kept) >>> 2);
+    if (words && kept <= SMALL_BYTES) words.fill(0, page / 4, (page + kept) / 4);
     else out.fill(0, page, page + kept);
   }
 }
