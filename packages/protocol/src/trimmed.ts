@@ -108,12 +108,12 @@ export function writeTrimmedRun(
     const k = kept[i]!;
     dst.writeUInt16LE(k, dstOff + 2 * i);
     if (k === 0) continue;
-    const from = srcOff + i * pageSize;
+    const page = i * pageSize;
     const bytes = k * TRIM_UNIT;
     if (words && bytes <= SMALL_BYTES) {
-      const w = (i * pageSize) / 4;
+      const w = page / 4;
       for (let j = 0; j < bytes; j += 4) out!.setInt32(at + j, words[w + (j >>> 2)]!, LITTLE_ENDIAN);
-    } else src.copy(dst, at, from, from + bytes);
+    } else run.copy(dst, at, page, page + bytes);
     at += bytes;
   }
   return at - dstOff;
