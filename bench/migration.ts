@@ -31,6 +31,12 @@
 // it, and "(clock)" the same pause read off the host's monotonic clock from both ends' trace
 // lines: a check on the reported figure. Run: `node --import tsx bench/migration.ts`.
 //
+// A second table says where the vCPU's postcopy went (the destination's report: its duration,
+// and the vCPU threads' time on a CPU and waiting for one, from the scheduler): blocktime is
+// roughly what is left, so a vCPU starved of CPU shows a lower blocktime without running any
+// more. It also gives each figure's range over the runs: on this 2-core VM single runs stray
+// far from the median (postcopy-sweep's blocktime, 1 run in 9, from ~110 to ~380 ms).
+//
 // Warm memory: this machine is a Firecracker VM whose RAM the host backs lazily and takes
 // back (free page reporting, 2 s after a page is freed): the first write to a guest-physical
 // page the host does not back costs a host fault (~0.4–0.7 GB/s here, against ~3 GB/s for
@@ -172,6 +178,11 @@ export interface RunFigures {
   destPeakRssMiB: number;
   ramMiB: number;
   blocktimeMs?: number;
+  /** Postcopy's duration on the destination (RUN to END), ms. */
+  postcopyMs?: number;
+  /** The vCPUs' time in that stretch on a CPU, and runnable waiting for one (summed over vCPUs), ms. */
+  vcpuRunMs?: number;
+  vcpuRunqueueMs?: number;
   requests?: number;
   latencyP50Us?: number;
   latencyP99Us?: number;
@@ -286,12 +297,23 @@ export async function runOnce(s: Scenario, warm = true): Promise<RunFigures> {
     destPeakRssMiB: Math.round((rr.peakRssBytes ?? 0) / 1048576),
     ramMiB: sr.ram.totalBytes / 1048576,
     blocktimeMs: rr.postcopy?.blocktimeMs,
+    postcopyMs: rr.postcopy?.durationMs,
+    vcpuRunMs: rr.postcopy?.vcpuRunMs ? sumOf(rr.postcopy.vcpuRunMs) : undefined,
+    vcpuRunqueueMs: rr.postcopy?.vcpuRunqueueMs ? sumOf(rr.postcopy.vcpuRunqueueMs) : undefined,
     requests: rr.postcopy?.requests,
     latencyP50Us: rr.postcopy?.latencyUs?.p50,
     latencyP99Us: rr.postcopy?.latencyUs?.p99,
     recoveryMs: s.cutAfterMs !== undefined ? sr.pausedMs : undefined,
     bad: rr.integrity?.bad ?? 0,
   };
+}
+
+function round2(x: number): number {
+  return Math.round(x * 100) / 100;
+}
+
+function sumOf(xs: number[]): number {
+  return Math.round(xs.reduce((a, b) => a + b, 0) * 10) / 10;
 }
 
 function median(xs: number[]): number {
@@ -304,6 +326,8 @@ export interface ScenarioResult {
   name: string;
   runs: number;
   median: Partial<Record<keyof RunFigures, number>>;
+  /** Smallest and largest value of each figure over the runs: how far one run may stray. */
+  range: Partial<Record<keyof RunFigures, [number, number]>>;
   /** Runs that went postcopy. */
   postcopyRuns: number;
   all: RunFigures[];
@@ -317,11 +341,14 @@ export async function runMigrationBench(opts: { runs?: number; only?: string[]; 
     const all: RunFigures[] = [];
     for (let i = 0; i < runs; i++) all.push(await runOnce(s, !opts.cold));
     const med: Partial<Record<keyof RunFigures, number>> = {};
+    const range: Partial<Record<keyof RunFigures, [number, number]>> = {};
     for (const k of Object.keys(all[0]!) as Array<keyof RunFigures>) {
       const xs = all.map((r) => r[k]).filter((x): x is number => typeof x === 'number');
-      if (xs.length) med[k] = Math.round(median(xs) * 100) / 100;
+      if (!xs.length) continue;
+      med[k] = round2(median(xs));
+      range[k] = [round2(Math.min(...xs)), round2(Math.max(...xs))];
     }
-    out.push({ name: s.name, runs, median: med, postcopyRuns: all.reduce((n, r) => n + r.postcopy, 0), all });
+    out.push({ name: s.name, runs, median: med, range, postcopyRuns: all.reduce((n, r) => n + r.postcopy, 0), all });
   }
   return out;
 }
@@ -334,6 +361,17 @@ export function printMigrationTable(results: ScenarioResult[]): void {
     const lat = m.latencyP50Us !== undefined ? `${m.latencyP50Us}/${m.latencyP99Us}` : '-';
     console.log(
       `${r.name.padEnd(w)} ${`${r.postcopyRuns}/${r.runs}`.padStart(3)}  ${String(m.totalMs).padStart(8)}  ${String(m.downtimeMs).padStart(11)}  ${String(m.downtimeAckedMs ?? '-').padStart(7)}  ${String(m.downtimeClockMs ?? '-').padStart(7)}  ${String(m.wireMB).padStart(7)}  ${String(m.pageDataGBps).padStart(9)}  ${String(m.effectiveGBps).padStart(8)}  ${String(m.blocktimeMs ?? '-').padStart(12)}  ${String(m.requests ?? '-').padStart(5)}  ${lat.padStart(14)}  ${String(m.recoveryMs ?? '-').padStart(11)}  ${`${m.destPeakRssMiB}/${m.ramMiB}`.padStart(16)}  ${m.bad}`,
+    );
+  }  // Where the vCPU's postcopy went, and how far single runs strayed from the medians.
+  const span = (r: ScenarioResult, k: keyof RunFigures): string => {
+    const x = r.range[k];
+    return x ? `${x[0]}–${x[1]}` : '-';
+  };
+  console.log(`\n${'scenario'.padEnd(w)}  postcopy ms  vCPU run ms  vCPU runqueue ms   | range over the runs: total ms   downtime ms   data GB/s   eff GB/s   blocktime ms`);
+  for (const r of results) {
+    const m = r.median;
+    console.log(
+      `${r.name.padEnd(w)}  ${String(m.postcopyMs ?? '-').padStart(11)}  ${String(m.vcpuRunMs ?? '-').padStart(11)}  ${String(m.vcpuRunqueueMs ?? '-').padStart(16)}   | ${span(r, 'totalMs').padStart(28)}  ${span(r, 'downtimeMs').padStart(12)}  ${span(r, 'pageDataGBps').padStart(10)}  ${span(r, 'effectiveGBps').padStart(9)}  ${span(r, 'blocktimeMs').padStart(13)}`,
     );
   }
 }
@@ -348,5 +386,5 @@ if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) 
     cold: args.includes('--cold'),
   });
   printMigrationTable(results);
-  console.log(JSON.stringify({ migration: results.map((r) => ({ name: r.name, runs: r.runs, postcopyRuns: r.postcopyRuns, median: r.median })) }));
+  console.log(JSON.stringify({ migration: results.map((r) => ({ name: r.name, runs: r.runs, postcopyRuns: r.postcopyRuns, median: r.median, range: r.range })) }));
 }

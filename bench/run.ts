@@ -1,5 +1,5 @@
 // bench/run.ts — `pnpm bench`: every benchmark, each printing a short table, then one JSON
-// line with all results (medians). Benchmarks are not tests: they measure, they do not assert.
+// line with all results (medians, and for the migration the range over the runs). Benchmarks are not tests: they measure, they do not assert.
 //
 //   node --import tsx bench/run.ts [--only protocol,uffd,migration] [--runs N] [--scenarios a,b] [--cold]
 import { runProtocolBench, printTable as printProtocol } from './protocol.js';
@@ -37,6 +37,6 @@ if (want('migration')) {
   console.log(`\n== migration over loopback, two processes, median of ${runs}, ${cold ? 'cold memory (--cold)' : 'host-backed memory (see bench/migration.ts)'} ==`);
   const r = await runMigrationBench({ runs, only: opt('--scenarios')?.split(','), cold });
   printMigrationTable(r);
-  all.migration = r.map((x) => ({ name: x.name, runs: x.runs, postcopyRuns: x.postcopyRuns, median: x.median }));
+  all.migration = r.map((x) => ({ name: x.name, runs: x.runs, postcopyRuns: x.postcopyRuns, median: x.median, range: x.range }));
 }
 console.log(JSON.stringify(all));

@@ -31,10 +31,22 @@ describe('postcopy migration between two processes', function () {
     expect(rr.integrity.pages).to.equal(131072);
     expect(rr.postcopy.requests).to.be.greaterThan(0);
     expect(sr.postcopy.requests).to.equal(rr.postcopy.requests);
+    // Every request and every zero page filled locally began as a fault the report counts.
+    expect(rr.postcopy.faults).to.be.at.least(rr.postcopy.requests + rr.postcopy.zeroFaults);
     expect(rr.postcopy.guestProgress).to.be.greaterThan(0);
     expect(rr.postcopy.latencyUs).to.have.keys('p50', 'p99', 'max');
     expect(rr.postcopy.vcpuBlocktimeMs).to.have.length(2);
     expect(rr.postcopy.blocktimeMs).to.be.a('number');
+    // Each vCPU's postcopy as the scheduler saw it: it ran, and its time on a CPU and in a run
+    // queue fit in the postcopy's duration (read at RUN and END, a moment apart from the
+    // duration's own ends: a few ms of slack).
+    expect(rr.postcopy.vcpuRunMs).to.have.length(2);
+    expect(rr.postcopy.vcpuRunqueueMs).to.have.length(2);
+    for (let v = 0; v < 2; v++) {
+      expect(rr.postcopy.vcpuRunMs[v], `vCPU ${v} ran`).to.be.greaterThan(0);
+      expect(rr.postcopy.vcpuRunqueueMs[v]).to.be.at.least(0);
+      expect(rr.postcopy.vcpuRunMs[v] + rr.postcopy.vcpuRunqueueMs[v], JSON.stringify(rr.postcopy)).to.be.at.most(rr.postcopy.durationMs + 5);
+    }
     expect(Object.values(rr.postcopy.latencyHistogram as Record<string, number>).reduce((a, b) => a + b, 0)).to.be.greaterThan(0);
     expect(sr.ram.postcopyBytes).to.be.greaterThan(0);
     // The ab guest's pages (one non-zero byte each) travel trimmed, and are placed whole.

@@ -41,7 +41,7 @@ import {
   LINK_PAUSED,
   type TlsCredentials,
 } from '@livemig/transport';
-import { Userfaultfd, DEFAULT_FEATURES, adoptMapping, mapAnonymous, createMemfd, probeHost, type Mapping } from '@livemig/uffd';
+import { Userfaultfd, DEFAULT_FEATURES, threadCpuTimes, type ThreadCpuTimes, adoptMapping, mapAnonymous, createMemfd, probeHost, type Mapping } from '@livemig/uffd';
 import { PAGE_PRESENT, PAGE_REQUESTED, PAGE_ZERO, PagePlacer, type PlacerBlock } from './page-placer.js';
 import { Blocktime, LatencyStats, nowUs } from './blocktime.js';
 import { FaultHandler } from './fault-handler.js';
@@ -893,6 +893,7 @@ class IncomingSession {
     await machine.start({ fresh: false });
     this.runAt = machine.steppingSince ? await machine.steppingSince() : performance.now();
     trace('dest', 'guest started (postcopy)', this.runAt);
+    this.vcpuTimesAtRun = (machine.vcpuTids ?? []).map((tid) => threadCpuTimes(tid));
     this.progressAtRun = sum(machine.progress?.() ?? []);
     this.postcopyBytesAtRun = this.placer!.placer.stats.dataBytes;
     this.report.mode = 'postcopy';
@@ -902,14 +903,31 @@ class IncomingSession {
     this.progress();
   }
 
+  /** Each vCPU's scheduler account at RUN (null where the kernel keeps none). */
+  private vcpuTimesAtRun: Array<ThreadCpuTimes | null> = [];
+
+  /** Per vCPU, time on a CPU and in a run queue since RUN (postcopy's report), if known for all. */
+  private vcpuTimesSinceRun(): { vcpuRunMs?: number[]; vcpuRunqueueMs?: number[] } {
+    const tids = this.machine?.vcpuTids ?? [];
+    const now = tids.map((tid) => threadCpuTimes(tid));
+    const at = this.vcpuTimesAtRun;
+    if (tids.length === 0 || now.some((t, i) => !t || !at[i])) return {};
+    return {
+      vcpuRunMs: now.map((t, i) => round1(t!.runMs - at[i]!.runMs)),
+      vcpuRunqueueMs: now.map((t, i) => round1(t!.runqueueMs - at[i]!.runqueueMs)),
+    };
+  }
+
   /** Every page has arrived: stop fault handling, let userfaultfd go, restore huge pages. */
   private async end(): Promise<void> {
     const placer = this.placer!.placer;
     trace('dest', `END with ${placer.missing} pages missing`);
     if (placer.missing > 0) throw new Error(`END while ${placer.missing} pages are still missing`);
     const endAt = performance.now();
-    const faultsSeen = this.faults!.faults;
+    // Counted once the fault thread has stopped: every fault it read has been reported by then
+    // (zero faults too, which are counted as their reports come).
     await this.faults!.stop();
+    const faultsSeen = this.faults!.faults;
     const preempt = this.faults!.preemptStats;
     this.faults = null;
     this.releaseUffd();
@@ -928,6 +946,7 @@ class IncomingSession {
       latencyUs: this.latency.summary(),
       latencyHistogram: this.latency.histogramObject(),
       durationMs: round1(endAt - this.runAt),
+      ...this.vcpuTimesSinceRun(),
       guestProgress: sum(machine.progress?.() ?? []) - this.progressAtRun,
       ...(preempt
         ? { preempt: { requests: preempt.requests, pages: preempt.pages, bytes: preempt.bytes, ...(preempt.scheduling ? { scheduling: preempt.scheduling } : {}) } }

@@ -62,6 +62,14 @@ export interface PostcopyReport {
   latencyHistogram?: Record<string, number>;
   /** Time from the guest starting here (RUN) to the last page (END), ms. */
   durationMs?: number;
+  /**
+   * Destination: per vCPU, the scheduler's account of the same stretch (RUN to END): time on a
+   * CPU, and time runnable but waiting for one, ms. With `vcpuBlocktimeMs` it says where a
+   * vCPU's time went; what is left is other sleep. Blocktime alone hides a vCPU that waits for
+   * a CPU instead of for pages. Absent when the kernel keeps no such account.
+   */
+  vcpuRunMs?: number[];
+  vcpuRunqueueMs?: number[];
   /** Destination: guest steps run during postcopy (the guest made progress while pages were missing). */
   guestProgress?: number;
   /** The preempt channel, when it was used: what it carried. */

@@ -6,7 +6,7 @@
 export * from './errors.js';
 export * from './memory.js';
 export { bufferAddress } from './libc.js';
-export { gettid, requestShortSlice, requestRealtime, promptScheduling, type ThreadScheduling } from './thread.js';
+export { gettid, requestShortSlice, requestRealtime, promptScheduling, threadCpuTimes, type ThreadScheduling, type ThreadCpuTimes } from './thread.js';
 export * from './fd.js';
 export * from './messages.js';
 export * from './userfaultfd.js';

@@ -2,8 +2,10 @@
  * thread.ts — owns what the calling OS thread is to the kernel: its id (`gettid`), as
  * userfaultfd reports it, and how promptly the scheduler runs it when it wakes
  * (`requestShortSlice`, `requestRealtime`, and `promptScheduling`, which picks the best the
- * kernel grants).
+ * kernel grants), and how its time went so far (`threadCpuTimes`: on a CPU, or runnable and
+ * waiting for one).
  */
+import { readFileSync } from 'node:fs';
 import { c } from './libc.js';
 
 /** sched_setattr(2) on x86_64, like the other syscall numbers here. */
@@ -65,4 +67,32 @@ function setAttr(policy: number, flags: bigint, priority: number, runtimeNs: big
   attr.writeUInt32LE(priority, 20); // sched_priority
   attr.writeBigUInt64LE(runtimeNs, 24); // sched_runtime: the custom slice (SCHED_OTHER)
   return c.syscall3Buf(SYS_sched_setattr, 0, attr, 0) === 0;
+}
+
+/** A thread's time as the scheduler accounts it (/proc/PID/task/TID/schedstat), ms since it began. */
+export interface ThreadCpuTimes {
+  /** Running on a CPU. */
+  runMs: number;
+  /** Runnable but waiting for a CPU (in a run queue). */
+  runqueueMs: number;
+}
+
+/**
+ * The scheduler's account of thread `tid` of this process (or of `pid`): time on a CPU and
+ * time spent runnable in a run queue. What is left of a stretch of wall time is time asleep
+ * (blocked, e.g. on a missing page). Null when the thread is gone or the kernel keeps no such
+ * account (CONFIG_SCHED_INFO off).
+ */
+export function threadCpuTimes(tid: number, pid = process.pid): ThreadCpuTimes | null {
+  let text: string;
+  try {
+    text = readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8');
+  } catch {
+    return null;
+  }
+  const f = text.trim().split(/\s+/);
+  const run = Number(f[0]);
+  const wait = Number(f[1]);
+  if (f.length < 2 || !Number.isFinite(run) || !Number.isFinite(wait)) return null;
+  return { runMs: run / 1e6, runqueueMs: wait / 1e6 };
 }

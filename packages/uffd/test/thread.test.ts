@@ -5,7 +5,7 @@
 import { Worker } from 'node:worker_threads';
 import { readFileSync } from 'node:fs';
 import { expect } from 'chai';
-import { gettid } from '@livemig/uffd';
+import { gettid, threadCpuTimes } from '@livemig/uffd';
 
 /** The test runner's thread as /proc says it is scheduled. */
 function ownSched(): string {
@@ -105,5 +105,79 @@ describe('thread', () => {
       return { ok, child };
     }`);
     expect(r).to.deep.equal({ ok: true, child: 0 });
+  });
+
+  describe('threadCpuTimes', () => {
+    it('counts the time a busy thread spends on a CPU', () => {
+      const before = threadCpuTimes(gettid())!;
+      const t0 = performance.now();
+      while (performance.now() - t0 < 60) {
+        // spin
+      }
+      const wall = performance.now() - t0;
+      const after = threadCpuTimes(gettid())!;
+      const run = after.runMs - before.runMs;
+      const queued = after.runqueueMs - before.runqueueMs;
+      expect(run).to.be.greaterThan(10);
+      expect(run + queued).to.be.at.most(wall + 5);
+    });
+
+    it('does not count the time a thread sleeps', async () => {
+      // A worker says its id, then sleeps in Atomics.wait until told to go on.
+      const word = new Int32Array(new SharedArrayBuffer(4));
+      const code = `
+        const { parentPort, workerData } = require('node:worker_threads');
+        import(${JSON.stringify(UFFD)}).then((u) => {
+          parentPort.postMessage(u.gettid());
+          Atomics.wait(workerData, 0, 0, 10000);
+        });
+      `;
+      const w = new Worker(code, { eval: true, workerData: word });
+      try {
+        const tid = await new Promise<number>((resolve, reject) => {
+          w.once('message', resolve);
+          w.once('error', reject);
+        });
+        await new Promise((r) => setTimeout(r, 20)); // into its wait
+        const before = threadCpuTimes(tid)!;
+        await new Promise((r) => setTimeout(r, 100));
+        const after = threadCpuTimes(tid)!;
+        expect(after.runMs - before.runMs).to.be.lessThan(5);
+        expect(after.runqueueMs - before.runqueueMs).to.be.lessThan(5);
+      } finally {
+        Atomics.notify(word, 0);
+        await w.terminate();
+      }
+    });
+
+    it('reads another thread of the process by its id', async () => {
+      // The worker spins ~40 ms, says its id, then sleeps until it is terminated.
+      const code = `
+        const { parentPort } = require('node:worker_threads');
+        import(${JSON.stringify(UFFD)}).then((u) => {
+          const t0 = Date.now();
+          while (Date.now() - t0 < 40);
+          parentPort.postMessage(u.gettid());
+          Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 10000);
+        });
+      `;
+      const w = new Worker(code, { eval: true });
+      try {
+        const tid = await new Promise<number>((resolve, reject) => {
+          w.once('message', resolve);
+          w.once('error', reject);
+        });
+        expect(tid).to.not.equal(gettid());
+        const times = threadCpuTimes(tid)!;
+        expect(times.runMs).to.be.greaterThan(10);
+        expect(threadCpuTimes(gettid())!.runMs).to.not.equal(times.runMs);
+      } finally {
+        await w.terminate();
+      }
+    });
+
+    it('is null for a thread that does not exist', () => {
+      expect(threadCpuTimes(2 ** 30)).to.equal(null);
+    });
   });
 });
