@@ -35,7 +35,7 @@
 // and the vCPU threads' time on a CPU and waiting for one, from the scheduler): blocktime is
 // roughly what is left, so a vCPU starved of CPU shows a lower blocktime without running any
 // more. It also gives each figure's range over the runs: on this 2-core VM single runs stray
-// far from the median (postcopy-sweep's blocktime, 1 run in 9, from ~110 to ~380 ms).
+// far from the median (identical runs of postcopy-sweep gave blocktimes from ~110 to ~380 ms).
 //
 // Warm memory: this machine is a Firecracker VM whose RAM the host backs lazily and takes
 // back (free page reporting, 2 s after a page is freed): the first write to a guest-physical
@@ -362,7 +362,8 @@ export function printMigrationTable(results: ScenarioResult[]): void {
     console.log(
       `${r.name.padEnd(w)} ${`${r.postcopyRuns}/${r.runs}`.padStart(3)}  ${String(m.totalMs).padStart(8)}  ${String(m.downtimeMs).padStart(11)}  ${String(m.downtimeAckedMs ?? '-').padStart(7)}  ${String(m.downtimeClockMs ?? '-').padStart(7)}  ${String(m.wireMB).padStart(7)}  ${String(m.pageDataGBps).padStart(9)}  ${String(m.effectiveGBps).padStart(8)}  ${String(m.blocktimeMs ?? '-').padStart(12)}  ${String(m.requests ?? '-').padStart(5)}  ${lat.padStart(14)}  ${String(m.recoveryMs ?? '-').padStart(11)}  ${`${m.destPeakRssMiB}/${m.ramMiB}`.padStart(16)}  ${m.bad}`,
     );
-  }  // Where the vCPU's postcopy went, and how far single runs strayed from the medians.
+  }
+  // Where the vCPU's postcopy went, and how far single runs strayed from the medians.
   const span = (r: ScenarioResult, k: keyof RunFigures): string => {
     const x = r.range[k];
     return x ? `${x[0]}–${x[1]}` : '-';

@@ -1,5 +1,6 @@
 // bench/run.ts — `pnpm bench`: every benchmark, each printing a short table, then one JSON
-// line with all results (medians, and for the migration the range over the runs). Benchmarks are not tests: they measure, they do not assert.
+// line with all results (medians; for the migration also each figure's range over the runs).
+// Benchmarks are not tests: they measure, they do not assert.
 //
 //   node --import tsx bench/run.ts [--only protocol,uffd,migration] [--runs N] [--scenarios a,b] [--cold]
 import { runProtocolBench, printTable as printProtocol } from './protocol.js';

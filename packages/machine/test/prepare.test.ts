@@ -172,14 +172,17 @@ describe('prepare(): vCPU workers spawned ahead of start', () => {
     // The main thread imports the guest once as the machine is made (400 ms); vCPU 0's worker
     // then fails its import at once, vCPU 1's takes 400 ms.
     const vm = await Machine.create({ guest: fixture('slow-import-guest.mjs'), vcpus: 2, ram: 64 * 1024 });
-    const t0 = performance.now();
-    const err = await vm.prepare().then(() => null, (e: unknown) => e);
-    const took = performance.now() - t0;
-    expect(err).to.be.instanceOf(VcpuError);
-    expect((err as Error).message).to.match(/import failed on purpose/);
-    expect(took, 'prepare() waited for vCPU 1 to boot').to.be.at.least(300);
-    expect(took).to.be.lessThan(5000);
-    await vm.destroy();
+    try {
+      const t0 = performance.now();
+      const err = await vm.prepare().then(() => null, (e: unknown) => e);
+      const took = performance.now() - t0;
+      expect(err).to.be.instanceOf(VcpuError);
+      expect((err as Error).message).to.match(/import failed on purpose/);
+      expect(took, 'prepare() waited for vCPU 1 to boot').to.be.at.least(300);
+      expect(took).to.be.lessThan(5000);
+    } finally {
+      await vm.destroy();
+    }
   });
 
   it('a prepared kv guest starts its HTTP service after release and serves', async () => {
