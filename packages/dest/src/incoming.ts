@@ -41,10 +41,11 @@ import {
   LINK_PAUSED,
   type TlsCredentials,
 } from '@livemig/transport';
-import { Userfaultfd, DEFAULT_FEATURES, threadCpuTimes, type ThreadCpuTimes, adoptMapping, mapAnonymous, createMemfd, probeHost, type Mapping } from '@livemig/uffd';
+import { Userfaultfd, DEFAULT_FEATURES, UFFD_FEATURE_MOVE, threadCpuTimes, type ThreadCpuTimes, adoptMapping, mapAnonymous, createMemfd, probeHost, type Mapping } from '@livemig/uffd';
 import { PAGE_PRESENT, PAGE_REQUESTED, PAGE_ZERO, PagePlacer, type PlacerBlock } from './page-placer.js';
 import { Blocktime, LatencyStats, nowUs } from './blocktime.js';
 import { FaultHandler } from './fault-handler.js';
+import { PageRecycler } from './recycle.js';
 import { DestState, DestStateMachine } from './dest-state.js';
 import { defaultMachineFactory, type DestMachine, type MachineFactory } from './dest-machine.js';
 
@@ -749,6 +750,7 @@ class IncomingSession {
     // either way (UFFDIO_COPY). END turns them back on.
     this.adviseHugepages('nohugepage');
     const placer = this.placer!.placer;
+    placer.recycler = this.makeRecycler(placer);
     this.faults = new FaultHandler(
       this.uffd!,
       [...placer.blocks.values()].map((b) => ({ name: b.name, addr: b.mapping.addr, length: b.mapping.length, pageSize: b.pageSize, state: b.stateBuffer })),
@@ -947,6 +949,7 @@ class IncomingSession {
       latencyHistogram: this.latency.histogramObject(),
       durationMs: round1(endAt - this.runAt),
       ...this.vcpuTimesSinceRun(),
+      recycledPages: this.recycledPages,
       guestProgress: sum(machine.progress?.() ?? []) - this.progressAtRun,
       ...(preempt
         ? { preempt: { requests: preempt.requests, pages: preempt.pages, bytes: preempt.bytes, ...(preempt.scheduling ? { scheduling: preempt.scheduling } : {}) } }
@@ -1011,7 +1014,7 @@ class IncomingSession {
     if (this.state.terminal) return;
     // Each mapping is recorded as soon as it exists, so fail() frees it even if a later one fails.
     for (const b of m.blocks) this.mappings.push(this.mapBlock(b.name, b.length, b.pageSize));
-    const uffd = new Userfaultfd({ features: DEFAULT_FEATURES });
+    const uffd = new Userfaultfd({ features: DEFAULT_FEATURES | UFFD_FEATURE_MOVE });
     this.uffd = uffd;
     for (const mp of this.mappings) uffd.register(mp.addr, mp.length, { missing: true }, `block ${mp.name}`);
     this.placer = new PlacerBlockSet(new PagePlacer(uffd, this.mappings));
@@ -1107,7 +1110,38 @@ class IncomingSession {
   }
 
   /** Unregisters every block and closes the userfaultfd: from now on missing pages read as zero. */
+  /**
+   * Where DISCARD puts the pages it takes out, to place new contents from (recycle.ts): for
+   * the anonymous blocks of 4 KiB pages, when the kernel can move pages. Null otherwise.
+   */
+  private makeRecycler(placer: PagePlacer): PageRecycler | null {
+    if (!this.uffd || !PageRecycler.possible(this.uffd)) return null;
+    let pages = 0;
+    for (const b of placer.blocks.values()) if (b.pageSize === 4096 && b.mapping.backing === 'anonymous') pages += b.pages;
+    if (pages === 0) return null;
+    try {
+      return new PageRecycler(this.uffd, pages);
+    } catch (e) {
+      trace('dest', `pages dropped by DISCARD are freed, not recycled: ${(e as Error).message}`);
+      return null;
+    }
+  }
+
+  /** Pages placed from recycled ones, kept once the recycler is closed. */
+  private recycledPages = 0;
+
+  private closeRecycler(): void {
+    const placer = this.placer?.placer;
+    const rec = placer?.recycler;
+    if (!rec) return;
+    placer!.recycler = null;
+    this.recycledPages = rec.stats.reused;
+    trace('dest', `recycled pages: ${rec.stats.stashed} stashed, ${rec.stats.reused} placed again${rec.off ? `; off: ${rec.off}` : ''}`);
+    rec.close();
+  }
+
   private releaseUffd(): void {
+    this.closeRecycler();
     if (!this.uffd) return;
     for (const mp of this.mappings) this.uffd.unregister(mp.addr, mp.length, `block ${mp.name}`);
     this.uffd.close();
@@ -1143,6 +1177,7 @@ class IncomingSession {
     await this.faults?.kill();
     this.faults = null;
     try {
+      this.closeRecycler();
       this.uffd?.close();
     } catch {
       // discarding; the original error is what matters

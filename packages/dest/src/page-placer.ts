@@ -7,6 +7,10 @@
  * overwritten with a plain copy; during postcopy the guest owns it and a second arrival is
  * dropped.
  *
+ * Postcopy's DISCARD hands the present pages of anonymous 4 KiB blocks to the recycler
+ * (recycle.ts) rather than freeing them, and long runs placed during postcopy are written into
+ * those pages and moved back in: no page allocated anew.
+ *
  * A zero page costs nothing: it is only recorded (PAGE_ZERO) and left missing, in precopy and
  * in postcopy. When userfaultfd lets go of the block (precopy complete, postcopy END) a missing
  * page reads as zero; while postcopy runs, a fault on one makes the fault thread fill the
@@ -22,7 +26,8 @@
  * The placer never reads guest RAM; it writes only to pages it knows are present, and never
  * during postcopy.
  */
-import { ALREADY_PRESENT, bufferAddress, hex, type Mapping, type Userfaultfd } from '@livemig/uffd';
+import { ALREADY_PRESENT, HOST_PAGE_SIZE, bufferAddress, hex, type Mapping, type Userfaultfd } from '@livemig/uffd';
+import { MIN_RUN, type PageRecycler } from './recycle.js';
 
 export interface PlacerBlock {
   readonly name: string;
@@ -79,6 +84,12 @@ export class PagePlacer {
   /** Called for each requested page right after it was placed (postcopy latency, blocktime). */
   onRequestedPlaced: ((b: PlacerBlock, page: number) => void) | null = null;
   private readonly uffd: Userfaultfd;
+  /**
+   * Postcopy: where DISCARD puts the pages it takes out of anonymous blocks of 4 KiB pages,
+   * and where long runs of new contents are placed from (recycle.ts). Null: dropped and
+   * allocated anew.
+   */
+  recycler: PageRecycler | null = null;
 
   constructor(uffd: Userfaultfd, mappings: readonly Mapping[]) {
     this.uffd = uffd;
@@ -144,6 +155,17 @@ export class PagePlacer {
 
   private copyIn(b: PlacerBlock, first: number, end: number, src: Buffer, srcOff: number): void {
     const ps = b.pageSize;
+    const rec = this.recycler;
+    if (this.postcopy && rec && end - first >= MIN_RUN && recyclable(b) && rec.available >= MIN_RUN) {
+      const n = Math.min(end - first, rec.available);
+      const at = rec.take(n);
+      rec.buffer.set(src.subarray(srcOff, srcOff + n * ps), at);
+      const r = rec.place(at, b.mapping.addr + first * ps, n, () => `block ${b.name}, offset ${hex(first * ps)}`);
+      // The rest (recycled pages ran out, or the kernel refused a move) the usual way.
+      first += r.done;
+      srcOff += r.done * ps;
+      if (first === end) return;
+    }
     // Something placed a page already (the fault thread's zero page, the preempt channel, a
     // racing copy): precopy overwrites it with the newer data, postcopy keeps what the guest sees.
     const onPresent = this.postcopy
@@ -236,6 +258,22 @@ export class PagePlacer {
     const ps = b.pageSize;
     const off = first * ps;
     const len = (end - first) * ps;
+    const rec = this.recycler;
+    if (rec && recyclable(b)) {
+      // Present pages go to the recycler (missing here all the same); what it did not take is
+      // dropped below with the rest.
+      let p = first;
+      while (p < end) {
+        if (b.state[p] !== PAGE_PRESENT) {
+          p++;
+          continue;
+        }
+        let q = p + 1;
+        while (q < end && b.state[q] === PAGE_PRESENT) q++;
+        rec.stash(b.mapping.addr + p * ps, q - p, () => `block ${b.name}, offset ${hex(p * ps)}`);
+        p = q;
+      }
+    }
     if (b.mapping.backing === 'memfd') b.mapping.punchHole(off, len);
     else b.mapping.madvise('dontneed', off, len);
     let dropped = 0;
@@ -260,6 +298,11 @@ export class PagePlacer {
     this.stats.received += n;
     return n;
   }
+}
+
+/** A block whose pages can be recycled: private anonymous memory of 4 KiB pages. */
+function recyclable(b: PlacerBlock): boolean {
+  return b.pageSize === HOST_PAGE_SIZE && b.mapping.backing === 'anonymous';
 }
 
 /**

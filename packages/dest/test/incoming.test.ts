@@ -526,7 +526,7 @@ describe('IncomingMigration', function () {
   });
 });
 
-/** Mappings of exactly `bytes` in this process, and how many of them have huge pages off (VmFlags nh). */
+/** Guest RAM mappings (registered for missing pages) of exactly `bytes` in this process, and how many have huge pages off (VmFlags nh). */
 function mappingsOfSize(bytes: number): { all: number; nohuge: number } {
   let all = 0;
   let nohuge = 0;
@@ -535,8 +535,12 @@ function mappingsOfSize(bytes: number): { all: number; nohuge: number } {
     const range = /^([0-9a-f]+)-([0-9a-f]+) /.exec(line);
     if (range) size = Number(BigInt(`0x${range[2]}`) - BigInt(`0x${range[1]}`));
     else if (line.startsWith('VmFlags:') && size === bytes) {
+      // Guest RAM only: registered for missing pages ('um'), unlike the recycler's area of the
+      // same size (write-protect mode, 'uw').
+      const flags = line.split(' ');
+      if (!flags.includes('um')) continue;
       all++;
-      if (line.split(' ').includes('nh')) nohuge++;
+      if (flags.includes('nh')) nohuge++;
     }
   }
   return { all, nohuge };

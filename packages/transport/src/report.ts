@@ -70,6 +70,11 @@ export interface PostcopyReport {
    */
   vcpuRunMs?: number[];
   vcpuRunqueueMs?: number[];
+  /**
+   * Destination: pages placed in the very pages DISCARD had taken out of guest RAM (moved out
+   * and back in with UFFDIO_MOVE), rather than in freshly allocated ones.
+   */
+  recycledPages?: number;
   /** Destination: guest steps run during postcopy (the guest made progress while pages were missing). */
   guestProgress?: number;
   /** The preempt channel, when it was used: what it carried. */

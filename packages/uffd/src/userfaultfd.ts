@@ -114,6 +114,8 @@ export const UFFDIO_REGISTER_MODE_WP = 2;
 export const UFFDIO_REGISTER_MODE_MINOR = 4;
 export const UFFDIO_COPY_MODE_DONTWAKE = 1;
 export const UFFDIO_COPY_MODE_WP = 2;
+export const UFFDIO_MOVE_MODE_DONTWAKE = 1;
+export const UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES = 2;
 export const UFFDIO_ZEROPAGE_MODE_DONTWAKE = 1;
 export const UFFDIO_WRITEPROTECT_MODE_WP = 1;
 export const UFFDIO_WRITEPROTECT_MODE_DONTWAKE = 2;
@@ -384,6 +386,26 @@ export class Userfaultfd {
     if (e === EAGAIN) return done > 0 ? done : 0;
     if (e === EEXIST) return ALREADY_PRESENT;
     throw new SyscallError(call, e, objectText(object, dst, len));
+  }
+
+  /**
+   * UFFDIO_MOVE (needs UFFD_FEATURE_MOVE, Linux 6.8+): moves the pages mapped at
+   * [src, src+len) of this process's private anonymous memory to [dst, dst+len), which must be
+   * registered with this userfaultfd and missing, and wakes the threads faulting there. No
+   * page is copied or allocated: the page-table entries change hands, and `src` is left
+   * missing. Each call flushes the TLB of every CPU running a thread of this process: move
+   * long runs. Returns like `copy`: len, a partial count (resume at dst+n), 0 (EAGAIN, no
+   * progress) or ALREADY_PRESENT (the first destination page is present).
+   */
+  move(dst: number, src: number, len: number, mode = 0, object?: ErrorObject): number {
+    const s = this.s;
+    s.set64(0, dst);
+    s.set64(8, src);
+    s.set64(16, len);
+    s.set64(24, mode);
+    s.set64(32, 0);
+    if (c.ioctlAddr(this.fdValue, UFFDIO_MOVE, this.sAddr) === 0) return len;
+    return this.resolveFailure('UFFDIO_MOVE', s.getS64(32), dst, len, object);
   }
 
   /**
