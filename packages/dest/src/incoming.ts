@@ -646,7 +646,7 @@ class IncomingSession {
         const payload = payloadToBuffer(f.payload);
         expandTrimmedRun(payload, m.count, b.pageSize, out, true);
         try {
-          this.placer!.placer.placeRun(b, m.offset / b.pageSize, m.count, out);
+          this.placer!.placer.placeRun(b, m.offset / b.pageSize, m.count, out, 0, payload);
         } finally {
           clearTrimmedRun(payload, m.count, b.pageSize, out);
         }

@@ -27,7 +27,7 @@
  * during postcopy.
  */
 import { ALREADY_PRESENT, HOST_PAGE_SIZE, bufferAddress, hex, type Mapping, type Userfaultfd } from '@livemig/uffd';
-import { MIN_RUN, type PageRecycler } from './recycle.js';
+import { MIN_RUN, PAGE_UNITS, type PageRecycler } from './recycle.js';
 
 export interface PlacerBlock {
   readonly name: string;
@@ -47,6 +47,12 @@ export interface PlacerBlock {
    * (measured for 4 KiB; `set` 0.2 µs).
    */
   readonly buffer: Buffer;
+  /**
+   * Once pages may be recycled (recyclable blocks only), per page: how many leading
+   * TRIM_UNIT-byte units may hold data, the rest being zero (PAGE_UNITS when not known). Kept
+   * for pages placed before the guest runs here, handed to the recycler with the page.
+   */
+  dataUnits: Uint8Array | null;
 }
 
 /** Nothing received yet. */
@@ -105,6 +111,7 @@ export class PagePlacer {
         state: new Uint8Array(stateBuffer),
         stateBuffer,
         buffer: Buffer.from(m.view()),
+        dataUnits: null,
       });
       total += pages;
     }
@@ -128,12 +135,18 @@ export class PagePlacer {
     return b;
   }
 
-  /** Places `count` pages from `src` (starting `srcBase` bytes in) at page index `first` of `block`. */
-  placeRun(b: PlacerBlock, first: number, count: number, src: Buffer, srcBase = 0): void {
+  /**
+   * Places `count` pages from `src` (starting `srcBase` bytes in) at page index `first` of
+   * `block`. `table`: when the pages came trimmed, each page's kept units (TRIMMED_RUN's u16 LE
+   * table; `src` holds the pages filled out, zero after those units).
+   */
+  placeRun(b: PlacerBlock, first: number, count: number, src: Buffer, srcBase = 0, table: Buffer | null = null): void {
     const ps = b.pageSize;
     const state = b.state;
     this.stats.pagesNormal += count;
     this.stats.dataBytes += count * ps;
+    // Before the guest runs here: what each page holds, should DISCARD hand it to the recycler.
+    if (!this.postcopy && this.recycler && recyclable(b)) recordDataUnits(b, first, count, table);
     let p = first;
     const end = first + count;
     while (p < end) {
@@ -145,7 +158,7 @@ export class PagePlacer {
         if (!this.postcopy) src.copy(b.buffer, p * ps, srcOff, srcOff + (q - p) * ps);
         this.stats.overwritten += q - p;
       } else {
-        this.copyIn(b, p, q, src, srcOff);
+        this.copyIn(b, p, q, src, srcOff, table, 2 * (p - first));
         this.markPresent(b, p, q);
         this.stats.copied += q - p;
       }
@@ -153,13 +166,13 @@ export class PagePlacer {
     }
   }
 
-  private copyIn(b: PlacerBlock, first: number, end: number, src: Buffer, srcOff: number): void {
+  private copyIn(b: PlacerBlock, first: number, end: number, src: Buffer, srcOff: number, table: Buffer | null, tableAt: number): void {
     const ps = b.pageSize;
     const rec = this.recycler;
     if (this.postcopy && rec && end - first >= MIN_RUN && recyclable(b) && rec.available >= MIN_RUN) {
       const n = Math.min(end - first, rec.available);
       const at = rec.take(n);
-      rec.buffer.set(src.subarray(srcOff, srcOff + n * ps), at);
+      rec.write(at, n, src, srcOff, table, tableAt);
       const r = rec.place(at, b.mapping.addr + first * ps, n, () => `block ${b.name}, offset ${hex(first * ps)}`);
       // The rest (recycled pages ran out, or the kernel refused a move) the usual way.
       first += r.done;
@@ -270,7 +283,7 @@ export class PagePlacer {
         }
         let q = p + 1;
         while (q < end && b.state[q] === PAGE_PRESENT) q++;
-        rec.stash(b.mapping.addr + p * ps, q - p, () => `block ${b.name}, offset ${hex(p * ps)}`);
+        rec.stash(b.mapping.addr + p * ps, q - p, () => `block ${b.name}, offset ${hex(p * ps)}`, b.dataUnits?.subarray(p, q));
         p = q;
       }
     }
@@ -298,6 +311,13 @@ export class PagePlacer {
     this.stats.received += n;
     return n;
   }
+}
+
+/** Records the data units of pages [first, first + count) of `b` just placed (see PlacerBlock). */
+function recordDataUnits(b: PlacerBlock, first: number, count: number, table: Buffer | null): void {
+  const units = (b.dataUnits ??= new Uint8Array(b.pages).fill(PAGE_UNITS));
+  if (!table) units.fill(PAGE_UNITS, first, first + count);
+  else for (let i = 0; i < count; i++) units[first + i] = table.readUInt16LE(2 * i);
 }
 
 /** A block whose pages can be recycled: private anonymous memory of 4 KiB pages. */

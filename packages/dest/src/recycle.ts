@@ -13,6 +13,12 @@
  * thread of this process, ~12 µs with a vCPU running on the other CPU. So runs shorter than
  * MIN_RUN pages (a requested page, say) are left to UFFDIO_COPY.
  *
+ * Most of a page's new contents need not be written at all. The placer knows, of every page it
+ * placed before the guest ran here, how many leading TRIM_UNIT-byte units may hold data (a
+ * trimmed page: its kept units; the rest is zero), and DISCARD hands that over with the page.
+ * A trimmed page written into a recycled one then writes only as many units as the larger of
+ * the two: for a guest that writes a few bytes a page, a cache line instead of 4 KiB.
+ *
  * All stashing (DISCARD, before RUN) comes before any taking (postcopy): the area fills from
  * its start and is emptied in the same order. A recycled page is written only after it was
  * moved in here, so this thread never touches a page of the area that is not there. The area
@@ -20,15 +26,22 @@
  * write-protection only, never for missing pages: a stray touch of an empty slot would map a
  * zero page rather than wait on our own fault thread.
  */
+import { TRIM_UNIT } from '@livemig/protocol';
 import { ALREADY_PRESENT, HOST_PAGE_SIZE, UFFD_FEATURE_MOVE, mapAnonymous, type Mapping, type Userfaultfd } from '@livemig/uffd';
 
 /** Runs shorter than this many pages are not worth a move (see the header). */
 export const MIN_RUN = 64;
+/** TRIM_UNIT-byte units in a page: a page whose data units are not known may hold data in all. */
+export const PAGE_UNITS = HOST_PAGE_SIZE / TRIM_UNIT;
+/** Units up to this many are copied 4 bytes at a time rather than by a call (see trimmed.ts). */
+const SMALL_UNITS = 4;
 
 export class PageRecycler {
   private readonly uffd: Userfaultfd;
   private readonly area: Mapping;
   readonly buffer: Buffer;
+  /** Per slot: how many leading units of its page may hold data (the rest is zero). */
+  private readonly dataUnits: Uint8Array;
   /** Slots [taken, filled) hold recycled pages. */
   private filled = 0;
   private taken = 0;
@@ -49,6 +62,7 @@ export class PageRecycler {
       throw e;
     }
     this.buffer = Buffer.from(this.area.view());
+    this.dataUnits = new Uint8Array(pages);
   }
 
   /** Whether the kernel offers UFFDIO_MOVE on `uffd`. */
@@ -63,12 +77,15 @@ export class PageRecycler {
 
   /**
    * Moves the `count` present pages at `addr` (guest RAM) into the area: they are missing
-   * there afterwards. Returns the pages moved; fewer (and recycling off) when the kernel
+   * there afterwards. `dataUnits[i]`: how many leading units of page i may hold data (all of
+   * them when not given). Returns the pages moved; fewer (and recycling off) when the kernel
    * refused part of it, and the caller drops the rest itself.
    */
-  stash(addr: number, count: number, object: () => string): number {
+  stash(addr: number, count: number, object: () => string, dataUnits?: Uint8Array): number {
     if (this.off || this.filled + count > this.slots) return 0;
     const { moved } = this.move(this.area.addr + this.filled * HOST_PAGE_SIZE, addr, count, object);
+    if (dataUnits) this.dataUnits.set(dataUnits.subarray(0, moved), this.filled);
+    else this.dataUnits.fill(PAGE_UNITS, this.filled, this.filled + moved);
     this.filled += moved;
     this.stats.stashed += moved;
     return moved;
@@ -79,6 +96,40 @@ export class PageRecycler {
     const at = this.taken * HOST_PAGE_SIZE;
     this.taken += count;
     return at;
+  }
+
+  /**
+   * Writes the new contents of `count` pages, from `src` at `srcOff` (whole pages, one after
+   * the other), into the recycled pages taken at `bufferOffset`. `table`: for trimmed pages,
+   * each page's kept units (u16 LE from `tableAt`), zero in `src` after them; only the units
+   * that hold data in the new page or in the old one are written then. Null: whole pages.
+   */
+  write(bufferOffset: number, count: number, src: Buffer, srcOff: number, table: Buffer | null, tableAt = 0): void {
+    const ps = HOST_PAGE_SIZE;
+    const slot = bufferOffset / ps;
+    if (!table) {
+      this.buffer.set(src.subarray(srcOff, srcOff + count * ps), bufferOffset);
+      this.dataUnits.fill(PAGE_UNITS, slot, slot + count);
+      return;
+    }
+    // Word views over this run's pages only: small views, small offsets.
+    const to = new Int32Array(this.buffer.buffer, this.buffer.byteOffset + bufferOffset, (count * ps) / 4);
+    const from = (src.byteOffset + srcOff) % 4 === 0 ? new Int32Array(src.buffer, src.byteOffset + srcOff, (count * ps) / 4) : null;
+    const units = this.dataUnits;
+    for (let i = 0; i < count; i++) {
+      const kept = table.readUInt16LE(tableAt + 2 * i);
+      const n = Math.max(kept, units[slot + i]!);
+      units[slot + i] = kept;
+      if (n === 0) continue;
+      if (from && n <= SMALL_UNITS) {
+        const w = (i * ps) / 4;
+        const end = w + (n * TRIM_UNIT) / 4;
+        for (let j = w; j < end; j++) to[j] = from[j]!;
+      } else {
+        const o = srcOff + i * ps;
+        this.buffer.set(src.subarray(o, o + n * TRIM_UNIT), bufferOffset + i * ps);
+      }
+    }
   }
 
   /**

@@ -6,6 +6,7 @@
 import fs from 'node:fs';
 import { expect } from 'chai';
 import { ALREADY_PRESENT, UFFD_FEATURE_MOVE, Userfaultfd, mapAnonymous, type Mapping } from '@livemig/uffd';
+import { TRIM_UNIT } from '@livemig/protocol';
 import { PAGE_PRESENT, PageRecycler, PagePlacer, RECYCLE_MIN_RUN, type PlacerBlock } from '@livemig/dest';
 
 const PS = 4096;
@@ -22,6 +23,20 @@ function pages(n: number, seed: number): Buffer {
   const buf = Buffer.alloc(n * PS);
   for (let i = 0; i < buf.length; i++) buf[i] = ((i >> 12) * 17 + seed * 31 + (i % 251)) % 255 + 1;
   return buf;
+}
+
+/**
+ * A trimmed run as TRIMMED_RUN brings it: each page's kept units (the u16 LE table) and the
+ * pages filled out (data in the kept units, zero after them), as the destination passes them.
+ */
+function trimmed(kept: number[], seed: number): { src: Buffer; table: Buffer } {
+  const src = pages(kept.length, seed);
+  const table = Buffer.alloc(2 * kept.length);
+  kept.forEach((k, i) => {
+    table.writeUInt16LE(k, 2 * i);
+    src.fill(0, i * PS + k * TRIM_UNIT, (i + 1) * PS);
+  });
+  return { src, table };
 }
 
 const read = (first: number, n = 1): Buffer => Buffer.from(ram.bytes(first * PS, n * PS));
@@ -128,6 +143,49 @@ describe('recycling discarded pages', () => {
     expect(read(0, PAGES).equals(fresh)).to.equal(true);
     expect(rec.stats.reused).to.equal(RUN);
     expect(placer.stats.received).to.equal(PAGES);
+  });
+
+  it('a trimmed page written into a recycled page that held more data reads zero after its own kept units', () => {
+    const old = trimmed(Array.from({ length: RUN }, (_, i) => 1 + (i % 7)), 1);
+    placer.placeRun(b, 0, RUN, old.src, 0, old.table);
+    placer.discard(b, 0, RUN);
+    placer.postcopy = true;
+    const fresh = trimmed(Array.from({ length: RUN }, (_, i) => i % 2), 2);
+    placer.placeRun(b, 0, RUN, fresh.src, 0, fresh.table);
+    expect(rec.stats.reused).to.equal(RUN);
+    expect(read(0, RUN).equals(fresh.src)).to.equal(true);
+  });
+
+  it('a trimmed page written into a recycled page that held less data gets every one of its kept units', () => {
+    const old = trimmed(Array.from({ length: RUN }, () => 1), 1);
+    placer.placeRun(b, 0, RUN, old.src, 0, old.table);
+    placer.discard(b, 0, RUN);
+    placer.postcopy = true;
+    const fresh = trimmed(Array.from({ length: RUN }, (_, i) => [1, 3, 9, 32][i % 4]!), 2);
+    placer.placeRun(b, 0, RUN, fresh.src, 0, fresh.table);
+    expect(rec.stats.reused).to.equal(RUN);
+    expect(read(0, RUN).equals(fresh.src)).to.equal(true);
+  });
+
+  it('a trimmed page written into a recycled page that came whole is zeroed after its kept units', () => {
+    placer.placeRun(b, 0, RUN, pages(RUN, 1));
+    placer.discard(b, 0, RUN);
+    placer.postcopy = true;
+    const fresh = trimmed(Array.from({ length: RUN }, () => 1), 2);
+    placer.placeRun(b, 0, RUN, fresh.src, 0, fresh.table);
+    expect(rec.stats.reused).to.equal(RUN);
+    expect(read(0, RUN).equals(fresh.src)).to.equal(true);
+  });
+
+  it('what a page holds is taken from its last placement before the guest ran: a page sent trimmed and then again whole is written whole', () => {
+    const first = trimmed(Array.from({ length: RUN }, () => 1), 1);
+    placer.placeRun(b, 0, RUN, first.src, 0, first.table);
+    placer.placeRun(b, 0, RUN, pages(RUN, 3)); // present: overwritten in precopy
+    placer.discard(b, 0, RUN);
+    placer.postcopy = true;
+    const fresh = trimmed(Array.from({ length: RUN }, () => 2), 4);
+    placer.placeRun(b, 0, RUN, fresh.src, 0, fresh.table);
+    expect(read(0, RUN).equals(fresh.src)).to.equal(true);
   });
 
   it('takes no more pages than it has room for: the rest are dropped as before', () => {
