@@ -76,6 +76,7 @@ export async function main(argv: string[]): Promise<number> {
           .option('tls-authz', { type: 'string', array: true, describe: 'with --tls-dir: a client certificate subject allowed to migrate in (a DN like "CN=src,O=Example" or a CN); repeat for more' })
           .option('preempt-realtime', { type: 'boolean', default: false, describe: 'when the source uses a preempt channel: place its pages from a realtime (SCHED_FIFO) thread; a short scheduler slice where refused' })
           .option('postcopy-queue', { type: 'string', default: '1M', describe: 'postcopy without a preempt channel: bound the kernel receive queue of the main channel to SIZE (requested pages wait behind it); 0 = the kernel\'s own sizing' })
+          .option('prefill', { type: 'boolean', default: true, describe: 'postcopy: allocate the pages still to come while idle, so they are moved in on arrival rather than allocated (--no-prefill: allocated on arrival)' })
           .option('auto-recover', { type: 'boolean', default: false, describe: 'postcopy recovery: after a link failure, keep listening on the same address for the source' })
           .option('control', { type: 'string', describe: 'serve a QMP-style control socket (JSON lines) on this Unix socket path' })
           .option('json', { type: 'boolean', default: false, describe: 'print the report as one JSON line' })

@@ -32,6 +32,7 @@ export interface RecvArgs {
   autoRecover: boolean;
   preemptRealtime: boolean;
   postcopyQueue?: string;
+  prefill: boolean;
 }
 
 export interface ReceiveResult {
@@ -51,6 +52,7 @@ export async function receiveOnce(a: {
   autoRecover?: boolean;
   preemptRealtime?: boolean;
   postcopyQueue?: string;
+  prefill?: boolean;
   tls?: TlsCredentials;
   ctl?: DestControl;
 }): Promise<ReceiveResult> {
@@ -64,6 +66,7 @@ export async function receiveOnce(a: {
     autoRecover: a.autoRecover ?? false,
     preemptRealtime: a.preemptRealtime ?? false,
     ...(a.postcopyQueue !== undefined ? { postcopyQueueBytes: parseSize(a.postcopyQueue, '--postcopy-queue') } : {}),
+    prefill: a.prefill ?? true,
     tls: a.tls,
     onProgress: (p) => {
       progress.dest(p);

@@ -46,6 +46,7 @@ import { PAGE_PRESENT, PAGE_REQUESTED, PAGE_ZERO, PagePlacer, type PlacerBlock }
 import { Blocktime, LatencyStats, nowUs } from './blocktime.js';
 import { FaultHandler } from './fault-handler.js';
 import { PageRecycler } from './recycle.js';
+import { Prefill } from './prefill.js';
 import { DestState, DestStateMachine } from './dest-state.js';
 import { defaultMachineFactory, type DestMachine, type MachineFactory } from './dest-machine.js';
 
@@ -99,6 +100,12 @@ export interface IncomingOptions {
    * figure); 0 leaves it to the kernel. Default 1 MiB.
    */
   postcopyQueueBytes?: number;
+  /**
+   * Postcopy: allocate the pages still to come ahead, in moments when no frame is waiting
+   * (prefill.ts), so that they are placed like recycled pages rather than allocated by
+   * UFFDIO_COPY on arrival. Default true.
+   */
+  prefill?: boolean;
   /**
    * Postcopy recovery: keep listening on this address after a channel fails in postcopy, so
    * the source can reconnect by itself (default false: `recover()` opens a listener).
@@ -619,6 +626,8 @@ class IncomingSession {
   private lastRead = 0;
 
   private onFrame(f: Frame): void | Promise<void> {
+    this.framesIn++;
+    this.prefill?.poke();
     const m = f.msg;
     switch (m.type) {
       case MsgType.SETUP:
@@ -820,6 +829,7 @@ class IncomingSession {
 
   /** A requested page was placed (here, or by the preempt channel at `t`). */
   private onRequestedPlaced(b: PlacerBlock, page: number, t = nowUs()): void {
+    this.prefill?.poke();
     const key = b.mapping.addr + page * b.pageSize;
     const at = this.requestedAt.get(key);
     if (at !== undefined) {
@@ -903,6 +913,25 @@ class IncomingSession {
     // trip, the source works out the guest's pause without the way back of this acknowledgement.
     this.ch!.send({ type: MsgType.ACK, of: MsgType.RUN, info: { startedAfterUs: Math.round((this.runAt - this.pausedFrom) * 1000), startedAtUs: clockUs(this.runAt) } });
     this.progress();
+    this.startPrefill();
+  }
+
+  /** Frames received so far: Prefill's sign of a busy main thread. */
+  private framesIn = 0;
+  private prefill: Prefill | null = null;
+
+  /** Postcopy: pages still to come are allocated ahead while this thread is idle (prefill.ts). */
+  private startPrefill(): void {
+    const placer = this.placer!.placer;
+    const rec = placer.recycler;
+    if (!rec || this.opts.prefill === false) return;
+    this.prefill = new Prefill(
+      rec,
+      placer.missingRecyclable() - rec.available,
+      () => this.framesIn,
+      () => this.requestedAt.size > 0,
+    );
+    this.prefill.start();
   }
 
   /** Each vCPU's scheduler account at RUN (null where the kernel keeps none). */
@@ -950,6 +979,7 @@ class IncomingSession {
       durationMs: round1(endAt - this.runAt),
       ...this.vcpuTimesSinceRun(),
       recycledPages: this.recycledPages,
+      prefilledPages: this.prefilledPages,
       guestProgress: sum(machine.progress?.() ?? []) - this.progressAtRun,
       ...(preempt
         ? { preempt: { requests: preempt.requests, pages: preempt.pages, bytes: preempt.bytes, ...(preempt.scheduling ? { scheduling: preempt.scheduling } : {}) } }
@@ -1127,16 +1157,20 @@ class IncomingSession {
     }
   }
 
-  /** Pages placed from recycled ones, kept once the recycler is closed. */
+  /** Pages placed from the recycler's area, and pages allocated ahead into it: kept once it is closed. */
   private recycledPages = 0;
+  private prefilledPages = 0;
 
   private closeRecycler(): void {
     const placer = this.placer?.placer;
     const rec = placer?.recycler;
     if (!rec) return;
     placer!.recycler = null;
+    this.prefill?.stop();
+    this.prefill = null;
     this.recycledPages = rec.stats.reused;
-    trace('dest', `recycled pages: ${rec.stats.stashed} stashed, ${rec.stats.reused} placed again${rec.off ? `; off: ${rec.off}` : ''}`);
+    this.prefilledPages = rec.stats.populated;
+    trace('dest', `recycled pages: ${rec.stats.stashed} stashed, ${rec.stats.populated} allocated ahead, ${rec.stats.reused} placed${rec.off ? `; off: ${rec.off}` : ''}${rec.populateError ? `; allocating ahead stopped: ${rec.populateError}` : ''}`);
     rec.close();
   }
 

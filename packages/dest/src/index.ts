@@ -7,4 +7,5 @@ export * from './dest-state.js';
 export * from './dest-machine.js';
 export * from './page-placer.js';
 export { PageRecycler, MIN_RUN as RECYCLE_MIN_RUN } from './recycle.js';
+export { Prefill, PREFILL_CHUNK } from './prefill.js';
 export { PreemptEndpoint, type PreemptBlock, type PreemptEvents } from './preempt-channel.js';

@@ -129,6 +129,17 @@ export class PagePlacer {
     return this.totalPages - this.stats.received - Atomics.load(this.receivedElsewhere, 0);
   }
 
+  /** Pages of the recyclable blocks (see recycle.ts) neither received nor known to be zero. */
+  missingRecyclable(): number {
+    let n = 0;
+    for (const b of this.blocks.values()) {
+      if (!recyclable(b)) continue;
+      const state = b.state;
+      for (let p = 0; p < b.pages; p++) if (state[p] === PAGE_MISSING || state[p] === PAGE_REQUESTED) n++;
+    }
+    return n;
+  }
+
   block(name: string): PlacerBlock {
     const b = this.blocks.get(name);
     if (!b) throw new Error(`unknown RAM block "${name}"`);

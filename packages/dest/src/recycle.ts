@@ -19,8 +19,10 @@
  * A trimmed page written into a recycled one then writes only as many units as the larger of
  * the two: for a guest that writes a few bytes a page, a cache line instead of 4 KiB.
  *
- * All stashing (DISCARD, before RUN) comes before any taking (postcopy): the area fills from
- * its start and is emptied in the same order. A recycled page is written only after it was
+ * The area can also take fresh pages allocated ahead (`populate`, prefill.ts): they follow the
+ * stashed ones. All stashing (DISCARD, before RUN) comes before any taking (postcopy), and
+ * allocating ahead only after RUN: the area fills from its start and is emptied in the same
+ * order. A recycled page is written only after it was
  * moved in here, so this thread never touches a page of the area that is not there. The area
  * is registered with the userfaultfd (UFFDIO_MOVE needs its destination registered) for
  * write-protection only, never for missing pages: a stray touch of an empty slot would map a
@@ -48,8 +50,8 @@ export class PageRecycler {
   private readonly slots: number;
   /** Why recycling stopped, when it did (a move the kernel refused). */
   off: string | null = null;
-  /** Pages moved in from the area, and pages stashed into it. */
-  readonly stats = { stashed: 0, reused: 0 };
+  /** Pages stashed into the area, allocated into it ahead (`populate`), and moved in from it. */
+  readonly stats = { stashed: 0, populated: 0, reused: 0 };
 
   constructor(uffd: Userfaultfd, pages: number) {
     this.uffd = uffd;
@@ -90,6 +92,29 @@ export class PageRecycler {
     this.stats.stashed += moved;
     return moved;
   }
+
+  /**
+   * Adds up to `count` fresh pages after those the area holds: zero pages, allocated now
+   * (MADV_POPULATE_WRITE), placed later like recycled ones (prefill.ts). Returns how many; 0
+   * when the area is full or the kernel refused (`populateError` says why).
+   */
+  populate(count: number): number {
+    const n = Math.min(count, this.slots - this.filled);
+    if (this.off || n <= 0) return 0;
+    try {
+      this.area.madvise('populate-write', this.filled * HOST_PAGE_SIZE, n * HOST_PAGE_SIZE);
+    } catch (e) {
+      this.populateError = (e as Error).message;
+      return 0;
+    }
+    this.dataUnits.fill(0, this.filled, this.filled + n);
+    this.filled += n;
+    this.stats.populated += n;
+    return n;
+  }
+
+  /** Why `populate` stopped allocating, when the kernel refused. */
+  populateError: string | null = null;
 
   /** The next `count` recycled pages (count ≤ available): the offset of the first in `buffer`. */
   take(count: number): number {

@@ -188,6 +188,32 @@ describe('recycling discarded pages', () => {
     expect(read(0, RUN).equals(fresh.src)).to.equal(true);
   });
 
+  it('pages allocated ahead follow the stashed ones and take trimmed and whole runs like recycled pages', () => {
+    placer.placeRun(b, 0, RUN, pages(RUN, 1));
+    placer.discard(b, 0, RUN);
+    expect(rec.populate(RUN)).to.equal(RUN);
+    expect(rec.available).to.equal(2 * RUN);
+    placer.postcopy = true;
+    const t = trimmed(Array.from({ length: RUN }, (_, i) => i % 5), 2);
+    placer.placeRun(b, 0, RUN, t.src, 0, t.table); // into the stashed pages
+    const fresh = trimmed(Array.from({ length: RUN / 2 }, (_, i) => [0, 1, 7][i % 3]!), 3);
+    placer.placeRun(b, RUN, RUN / 2, fresh.src, 0, fresh.table); // into pages allocated ahead
+    const whole = pages(RUN / 2, 4);
+    placer.placeRun(b, RUN + RUN / 2, RUN / 2, whole);
+    expect(rec.stats.reused).to.equal(2 * RUN);
+    expect(read(0, RUN).equals(t.src)).to.equal(true);
+    expect(read(RUN, RUN / 2).equals(fresh.src)).to.equal(true);
+    expect(read(RUN + RUN / 2, RUN / 2).equals(whole)).to.equal(true);
+  });
+
+  it('allocates no more pages ahead than the area has slots for', () => {
+    placer.placeRun(b, 0, RUN, pages(RUN, 1));
+    placer.discard(b, 0, RUN);
+    expect(rec.populate(PAGES)).to.equal(PAGES - RUN);
+    expect(rec.populate(1)).to.equal(0);
+    expect(rec.available).to.equal(PAGES);
+  });
+
   it('takes no more pages than it has room for: the rest are dropped as before', () => {
     const small = new PageRecycler(uffd, RECYCLE_MIN_RUN);
     try {

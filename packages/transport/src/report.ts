@@ -71,10 +71,13 @@ export interface PostcopyReport {
   vcpuRunMs?: number[];
   vcpuRunqueueMs?: number[];
   /**
-   * Destination: pages placed in the very pages DISCARD had taken out of guest RAM (moved out
-   * and back in with UFFDIO_MOVE), rather than in freshly allocated ones.
+   * Destination: pages placed by moving in a page of the destination's own (UFFDIO_MOVE)
+   * rather than by UFFDIO_COPY allocating one: the very pages DISCARD had taken out of guest
+   * RAM, then pages allocated ahead while the destination was idle (`prefilledPages`).
    */
   recycledPages?: number;
+  /** Destination: fresh pages allocated ahead in idle moments of postcopy, used or not. */
+  prefilledPages?: number;
   /** Destination: guest steps run during postcopy (the guest made progress while pages were missing). */
   guestProgress?: number;
   /** The preempt channel, when it was used: what it carried. */
