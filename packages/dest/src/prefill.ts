@@ -13,9 +13,9 @@
  * request's answer), and no frame came in since it last looked, one turn of the event loop
  * ago. When frames keep coming (the destination is the bottleneck) it allocates nothing, since
  * allocating ahead and moving in later costs more than UFFDIO_COPY; while a request is out it
- * sleeps until the next frame. It never allocates more than the pages still missing minus the recycled
- * ones, so guest RAM and the area together never hold more pages than the guest has; the area
- * is freed at END.
+ * sleeps until the next frame. It never allocates more than the pages still missing minus the
+ * recycled ones, so guest RAM and the area together never hold more pages than the guest has;
+ * the area is freed at END.
  */
 import type { PageRecycler } from './recycle.js';
 
