@@ -925,12 +925,15 @@ class IncomingSession {
     const placer = this.placer!.placer;
     const rec = placer.recycler;
     if (!rec || this.opts.prefill === false) return;
-    this.prefill = new Prefill(
-      rec,
-      placer.missingRecyclable() - rec.available,
-      () => this.framesIn,
-      () => this.requestedAt.size > 0,
-    );
+    const dataAtRun = placer.stats.pagesNormal;
+    const zeroAtRun = placer.stats.pagesZero;
+    this.prefill = new Prefill(rec, {
+      want: placer.missingRecyclable() - rec.available,
+      activity: () => this.framesIn,
+      waiting: () => this.requestedAt.size > 0,
+      dataPages: () => placer.stats.pagesNormal - dataAtRun,
+      zeroPages: () => placer.stats.pagesZero - zeroAtRun,
+    });
     this.prefill.start();
   }
 

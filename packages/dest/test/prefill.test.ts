@@ -30,7 +30,7 @@ afterEach(() => {
 
 describe('Prefill: fresh pages allocated while the destination is idle', () => {
   it('allocates a chunk in each quiet turn of the event loop, up to what it was asked for', async () => {
-    const p = new Prefill(rec, 5 * CHUNK + 3, () => 0, () => false, CHUNK);
+    const p = new Prefill(rec, { want: 5 * CHUNK + 3, activity: () => 0, waiting: () => false, dataPages: () => SLOTS, zeroPages: () => 0, chunk: CHUNK });
     p.start();
     await turns(3);
     expect(rec.available).to.be.within(CHUNK, 3 * CHUNK);
@@ -43,7 +43,7 @@ describe('Prefill: fresh pages allocated while the destination is idle', () => {
   it('allocates nothing while a frame comes in every turn, and goes on when they stop', async () => {
     let frames = 0;
     let busy = true;
-    const p = new Prefill(rec, CHUNK, () => (busy ? ++frames : frames), () => false, CHUNK);
+    const p = new Prefill(rec, { want: CHUNK, activity: () => (busy ? ++frames : frames), waiting: () => false, dataPages: () => SLOTS, zeroPages: () => 0, chunk: CHUNK });
     p.start();
     await turns(50);
     expect(rec.available).to.equal(0);
@@ -54,7 +54,7 @@ describe('Prefill: fresh pages allocated while the destination is idle', () => {
 
   it('allocates nothing while a vCPU waits for a requested page, and goes on when poked after the page came', async () => {
     let waiting = true;
-    const p = new Prefill(rec, 2 * CHUNK, () => 0, () => waiting, CHUNK);
+    const p = new Prefill(rec, { want: 2 * CHUNK, activity: () => 0, waiting: () => waiting, dataPages: () => SLOTS, zeroPages: () => 0, chunk: CHUNK });
     p.start();
     await turns(20);
     expect(rec.available).to.equal(0);
@@ -66,8 +66,28 @@ describe('Prefill: fresh pages allocated while the destination is idle', () => {
     expect(rec.available).to.equal(2 * CHUNK);
   });
 
+  it('allocates one chunk before anything came, then the share of what it was asked for that came as data pages', async () => {
+    let data = 0;
+    let zero = 0;
+    const p = new Prefill(rec, { want: 2048, activity: () => 0, waiting: () => false, dataPages: () => data, zeroPages: () => zero, chunk: CHUNK });
+    p.start();
+    await turns(20);
+    expect(rec.available, 'nothing came yet').to.equal(CHUNK);
+    data = 10;
+    zero = 30; // a quarter data: 512 pages of the 2048, plus one chunk
+    await turns(20);
+    expect(rec.available, 'parked until poked').to.equal(CHUNK);
+    p.poke();
+    await turns(40);
+    expect(rec.available).to.equal(512 + CHUNK);
+    zero = 0; // all data: the 2048 asked for
+    p.poke();
+    await turns(60);
+    expect(rec.available).to.equal(2048);
+  });
+
   it('allocates nothing more once stopped', async () => {
-    const p = new Prefill(rec, SLOTS, () => 0, () => false, CHUNK);
+    const p = new Prefill(rec, { want: SLOTS, activity: () => 0, waiting: () => false, dataPages: () => SLOTS, zeroPages: () => 0, chunk: CHUNK });
     p.start();
     await turns(2);
     p.stop();
@@ -78,7 +98,7 @@ describe('Prefill: fresh pages allocated while the destination is idle', () => {
   });
 
   it('stops at the end of the area', async () => {
-    const p = new Prefill(rec, 2 * SLOTS, () => 0, () => false, 1000);
+    const p = new Prefill(rec, { want: 2 * SLOTS, activity: () => 0, waiting: () => false, dataPages: () => 2 * SLOTS, zeroPages: () => 0, chunk: 1000 });
     p.start();
     await turns(20);
     expect(rec.available).to.equal(SLOTS);
