@@ -268,22 +268,20 @@ export async function runOnce(s: Scenario, warm = true): Promise<RunFigures> {
     await new Promise((r) => setTimeout(r, s.cutAfterMs));
     proxy.cut();
   }
-  let timer: NodeJS.Timeout | undefined;
-  const timedOut = new Promise<'timeout'>((resolve) => (timer = setTimeout(() => resolve('timeout'), RUN_TIMEOUT_MS)));
-  const both = Promise.all([send.done, recv.done]);
-  if ((await Promise.race([both, timedOut])) === 'timeout') {
+  let killed = false;
+  const timer = setTimeout(() => {
+    killed = true;
     send.kill();
     recv.kill();
-    const [so, ro] = await both;
-    ctl?.close();
-    proxy?.close();
-    throw new Error(`${s.name}: no end after ${RUN_TIMEOUT_MS / 1000} s (send exit ${so.code}, recv exit ${ro.code}): both killed\n${so.err}\n${ro.err}`);
-  }
+  }, RUN_TIMEOUT_MS);
+  const [so, ro] = await Promise.all([send.done, recv.done]);
   clearTimeout(timer);
-  const [so, ro] = await both;
   ctl?.close();
   proxy?.close();
-  if (so.code !== 0 || ro.code !== 0) throw new Error(`${s.name}: send exit ${so.code}, recv exit ${ro.code}\n${so.err}\n${ro.err}\n${so.out}\n${ro.out}`);
+  if (so.code !== 0 || ro.code !== 0) {
+    const why = killed ? `no end after ${RUN_TIMEOUT_MS / 1000} s, both killed: ` : '';
+    throw new Error(`${s.name}: ${why}send exit ${so.code}, recv exit ${ro.code}\n${so.err}\n${ro.err}\n${so.out}\n${ro.out}`);
+  }
   if (process.env.LIVEMIG_BENCH_LOG) {
     // Each run's stderr (with LIVEMIG_TRACE=1, the phase timings of both ends) for later reading.
     fs.mkdirSync(process.env.LIVEMIG_BENCH_LOG, { recursive: true });

@@ -48,8 +48,8 @@ export class Prefill {
   private readonly rec: PageRecycler;
   private readonly opts: PrefillOptions;
   private readonly chunk: number;
-  private want: number;
-  private readonly wantAtStart: number;
+  /** Pages to allocate at most (PrefillOptions.want), and allocated so far. */
+  private readonly want: number;
   private allocated = 0;
   private seen = -1;
   private stopped = false;
@@ -61,13 +61,12 @@ export class Prefill {
     this.rec = rec;
     this.opts = opts;
     this.want = opts.want;
-    this.wantAtStart = opts.want;
     this.chunk = opts.chunk ?? PREFILL_CHUNK;
   }
 
   /** Pages still to allocate at most. */
   get pending(): number {
-    return this.stopped ? 0 : Math.max(0, this.want);
+    return this.stopped ? 0 : Math.max(0, this.want - this.allocated);
   }
 
   start(): void {
@@ -77,7 +76,7 @@ export class Prefill {
 
   /** Something came in (a frame, a requested page): look again after this turn's I/O. */
   poke(): void {
-    if (!this.parked || this.stopped || this.want <= 0) return;
+    if (!this.parked || this.pending === 0) return;
     this.parked = false;
     setImmediate(this.step);
   }
@@ -90,12 +89,12 @@ export class Prefill {
   private budget(): number {
     const data = this.opts.dataPages();
     const seen = data + this.opts.zeroPages();
-    return (seen === 0 ? 0 : Math.ceil((this.wantAtStart * data) / seen)) + this.chunk;
+    return (seen === 0 ? 0 : Math.ceil((this.want * data) / seen)) + this.chunk;
   }
 
   private readonly step = (): void => {
-    if (this.stopped || this.want <= 0) return;
-    const allowed = Math.min(this.chunk, this.want, this.budget() - this.allocated);
+    if (this.pending === 0) return;
+    const allowed = Math.min(this.chunk, this.pending, this.budget() - this.allocated);
     if (allowed <= 0 || this.opts.waiting()) {
       this.parked = true;
       return;
@@ -112,7 +111,6 @@ export class Prefill {
       this.stopped = true; // the area is full or the kernel refused: UFFDIO_COPY as before
       return;
     }
-    this.want -= n;
     this.allocated += n;
     setImmediate(this.step);
   };

@@ -23,10 +23,10 @@
  * stashed ones. All stashing (DISCARD, before RUN) comes before any taking (postcopy), and
  * allocating ahead only after RUN: the area fills from its start and is emptied in the same
  * order. A page of the area is written only after it was moved in or allocated there, so this
- * thread never touches a page of the area that is not there. The area
- * is registered with the userfaultfd (UFFDIO_MOVE needs its destination registered) for
- * write-protection only, never for missing pages: a stray touch of an empty slot would map a
- * zero page rather than wait on our own fault thread.
+ * thread never touches a page of the area that is not there. The area is registered with the
+ * userfaultfd (UFFDIO_MOVE needs its destination registered) for write-protection only, never
+ * for missing pages: a stray touch of an empty slot would map a zero page rather than wait on
+ * our own fault thread.
  */
 import { TRIM_UNIT } from '@livemig/protocol';
 import { ALREADY_PRESENT, HOST_PAGE_SIZE, UFFD_FEATURE_MOVE, mapAnonymous, type Mapping, type Userfaultfd } from '@livemig/uffd';
